@@ -48,7 +48,9 @@ def validate_scales(text_cfg: float, image_cfg: float) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise IP2PError(f"{name} must be a number, got {value!r}.")
         if not math.isfinite(value):
-            raise IP2PError(f"{name} is {value}; give a finite number such as {DEFAULT_TEXT_CFG if name == 'text_cfg' else DEFAULT_IMAGE_CFG}.")
+            raise IP2PError(
+                f"{name} is {value}; give a finite number such as {DEFAULT_TEXT_CFG if name == 'text_cfg' else DEFAULT_IMAGE_CFG}."
+            )
         if value < 0:
             raise IP2PError(
                 f"{name} is {value}, but guidance scales must be ≥ 0 "
@@ -87,7 +89,9 @@ def combine(predictions: Mapping[Branch, torch.Tensor], text_cfg: float, image_c
     return uncond + text_cfg * (full - image) + image_cfg * (image - uncond)
 
 
-def combine_batch(batched: torch.Tensor, branches: tuple[Branch, ...], text_cfg: float, image_cfg: float) -> torch.Tensor:
+def combine_batch(
+    batched: torch.Tensor, branches: tuple[Branch, ...], text_cfg: float, image_cfg: float
+) -> torch.Tensor:
     """:func:`combine` for one batched model output laid out as ``branches`` stacked on dim 0."""
     chunks = batched.chunk(len(branches))
-    return combine(dict(zip(branches, chunks)), text_cfg, image_cfg)
+    return combine(dict(zip(branches, chunks, strict=True)), text_cfg, image_cfg)

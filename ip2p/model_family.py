@@ -45,7 +45,11 @@ FAMILIES = (SD15_IP2P, SDXL_IP2P, COSXL_EDIT, SD15_BASE, SDXL_BASE)
 def classify(base: str, in_channels: int, edm_v_prediction: bool = False) -> ModelFamily:
     """The family of a UNet from facts readable off its weights."""
     for family in FAMILIES:
-        if family.base == base and family.in_channels == in_channels and (family is COSXL_EDIT) == (edm_v_prediction and in_channels == 8):
+        if (
+            family.base == base
+            and family.in_channels == in_channels
+            and (family is COSXL_EDIT) == (edm_v_prediction and in_channels == 8)
+        ):
             return family
     raise IP2PError(
         f"Unsupported UNet: {base} architecture with {in_channels} input channels. "

@@ -1,0 +1,22 @@
+"""ComfyUI nodes of comfyui-ip2p: thin adapters from ComfyUI's native types to the ``ip2p`` core.
+
+``NODES`` is the one table of the pack; both ComfyUI mappings derive from it. Node ids are saved in
+users' workflows: never rename one.
+"""
+
+from .guider import IP2PConditioning, IP2PDualCFGGuider
+from .loaders import IP2PCheckpointLoader, IP2PDiffusersLoader
+from .sampler import IP2PKSampler
+from .sweep import IP2PGuidanceSweep
+
+NODES = (
+    IP2PCheckpointLoader,
+    IP2PDiffusersLoader,
+    IP2PKSampler,
+    IP2PConditioning,
+    IP2PDualCFGGuider,
+    IP2PGuidanceSweep,
+)
+
+NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in NODES}
