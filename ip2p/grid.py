@@ -26,7 +26,10 @@ def parse_scales(text: str, name: str) -> list[float]:
             value = float(part)
         except ValueError:
             raise IP2PError(f"{name} has {part!r}, which is not a number; write values like '5, 7.5, 10'.") from None
-        validate_scales(value, 1.0) if name.startswith("text") else validate_scales(1.0, value)
+        try:
+            validate_scales(value, value)
+        except IP2PError as error:
+            raise IP2PError(f"{name}: {error}") from None
         values.append(value)
     if len(values) > MAX_SWEEP_VALUES:
         raise IP2PError(f"{name} has {len(values)} values; a sweep takes at most {MAX_SWEEP_VALUES} per axis.")
