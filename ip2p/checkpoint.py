@@ -1,0 +1,363 @@
+"""Checkpoint files: which format a path is, reading weights safely, facts about the UNet, hashes.
+
+torch and safetensors only (no diffusers), so the ComfyUI nodes can use it too.
+
+``.ckpt``/``.pt``/``.pth`` files are pickles, and a pickle can run code. They are read with
+``torch.load(weights_only=True)``; the harmless non-tensor objects that real PyTorch Lightning
+checkpoints carry (the paper's release among them) are mapped to inert placeholders by exact
+name, and anything else is refused. There is no fallback to a full unpickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import IP2PError
+from .model_family import ModelFamily, classify
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+WEIGHT_SUFFIXES = SINGLE_FILE_SUFFIXES + (".bin",)
+DIFFUSERS_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+UNET_PREFIX = "model.diffusion_model."
+UNET_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
+SDXL_MARKER_KEY = UNET_PREFIX + "label_emb.0.0.weight"  # SDXL's size/crop conditioning embedding
+CONTEXT_KEY = UNET_PREFIX + "input_blocks.{}.1.transformer_blocks.0.attn2.to_k.weight"
+EDM_VPRED_KEY = "edm_vpred.sigma_max"  # CosXL / CosXL-Edit mark their EDM v-prediction this way
+
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection
+
+
+def _require_exists(path: Path) -> None:
+    if not path.exists():
+        raise IP2PError(
+            f"Model not found: {path} does not exist. Pass the path of a .safetensors/.ckpt file or of a "
+            f"diffusers model folder (with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
+        )
+
+
+def missing_diffusers_components(folder: str | os.PathLike) -> list[str]:
+    """The parts a diffusers model folder lacks, by name (``model_index.json`` and subfolders)."""
+    folder = Path(folder)
+    missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
+    missing += [name + "/" for name in DIFFUSERS_COMPONENTS if not (folder / name).is_dir()]
+    return missing
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"single_file"`` (original layout, one file) or ``"diffusers"`` (a model folder)."""
+    path = Path(path)
+    _require_exists(path)
+    if path.is_dir():
+        if (path / "model_index.json").is_file() or (path / "unet").is_dir():
+            return "diffusers"
+        raise IP2PError(
+            f"{path} is a folder but not a diffusers model: it has no model_index.json and no unet/ "
+            f"(a diffusers model folder has model_index.json, {', '.join(c + '/' for c in DIFFUSERS_COMPONENTS)}). "
+            f"Pass the model folder itself, or a single .safetensors/.ckpt checkpoint file."
+        )
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return "single_file"
+    raise IP2PError(
+        f"{path} has the suffix {path.suffix or '(none)'!r}, which is not a checkpoint format this loader reads. "
+        f"Expected a single file ({', '.join(SINGLE_FILE_SUFFIXES)}) or a diffusers model folder."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading pickled checkpoints safely
+
+
+class _Inert:
+    """Stands in for a harmless class named in a checkpoint; constructing or filling it does nothing."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self).__name__}>"
+
+
+def _inert_function(*args: object, **kwargs: object) -> None:
+    """Stands in for a harmless reconstructor (numpy scalars): returns None instead of a value."""
+    return None
+
+
+# Classes whose instances (or the classes themselves, as dict keys) appear in Lightning
+# checkpoints beside the weights. Only the names are matched; nothing of theirs is imported or run.
+_HARMLESS_CLASSES = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+    "numpy.dtype",
+)
+# Reconstructors of numpy scalars (e.g. best_model_score) and of numpy dtypes by class.
+_HARMLESS_FUNCTIONS = (
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+)
+
+
+def _harmless_globals() -> list[tuple[object, str]]:
+    entries: list[tuple[object, str]] = []
+    for name in _HARMLESS_CLASSES:
+        placeholder = type(name, (_Inert,), {"__module__": __name__})
+        entries.append((placeholder, name))
+    for name in _HARMLESS_FUNCTIONS:
+        entries.append((_inert_function, name))
+    return entries
+
+
+def _refuse_code(path: Path, detail: str) -> IP2PError:
+    return IP2PError(
+        f"{path} contains pickled objects that are not plain weights ({detail}); loading them would run code "
+        f"from the file, and this loader never does. Use a .safetensors version of this model, or convert a "
+        f"trusted copy with a tool you trust."
+    )
+
+
+def _torch_load(path: Path) -> object:
+    mmap = zipfile.is_zipfile(path)  # mmap needs torch's zip format; legacy pickles are read whole
+    kwargs = {"map_location": "cpu", "weights_only": True, "mmap": mmap}
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: no allow-list, plain weights_only
+        return torch.load(path, **kwargs)
+    try:
+        context = safe_globals(_harmless_globals())
+        with context:
+            return torch.load(path, **kwargs)
+    except TypeError as exc:  # torch without (object, name) pairs in the allow-list
+        if "tuple" not in str(exc).lower():
+            raise
+        return torch.load(path, **kwargs)
+
+
+def _tensors_only(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise IP2PError(
+            f"{path} holds a {type(obj).__name__}, not a state dict of named tensors. "
+            f"Expected a Stable Diffusion checkpoint (.ckpt/.safetensors)."
+        )
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise IP2PError(f"{path} holds no tensors. Expected a Stable Diffusion checkpoint.")
+    return tensors
+
+
+def _corrupt(path: Path, detail: str) -> IP2PError:
+    return IP2PError(
+        f"{path} is truncated or corrupt and cannot be read ({detail}). Download or copy the file again; "
+        f"if it was being written, wait until it is complete."
+    )
+
+
+def load_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of an original-layout single file (``.safetensors``, or ``.ckpt``/``.pt``/``.pth``)."""
+    path = Path(path)
+    _require_exists(path)
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises SafetensorError / OSError on bad bytes
+            raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+    if suffix not in PICKLE_SUFFIXES:
+        detect_format(path)  # raises the unknown-suffix message
+    try:
+        obj = _torch_load(path)
+    except pickle.UnpicklingError as exc:
+        raise _refuse_code(path, str(exc).split("\n")[0]) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise _corrupt(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return _tensors_only(obj, path)
+
+
+def _atomic_target(dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(handle)
+    return Path(tmp)
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, torch.Tensor], dst: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` to ``dst`` through a temporary file and a rename: never a half-written file.
+
+    Tensors that share storage (which safetensors refuses) are copied apart first. ``metadata``
+    defaults to ``{"format": "pt"}``; safetensors writes metadata keys in no fixed order, so pass
+    one key where the same weights must give the same bytes (and the same model hash).
+    """
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    seen: set[int] = set()
+    clean: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen.add(pointer)
+        clean[key] = tensor
+    tmp = _atomic_target(dst)
+    try:
+        save_file(clean, str(tmp), metadata=metadata if metadata is not None else {"format": "pt"})
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst
+
+
+def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """Rewrite a pickled checkpoint's weights as ``.safetensors`` (default: beside it, same stem).
+
+    Only tensors are kept (the state dict); training state such as optimizer and callbacks is dropped.
+    """
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
+    if dst.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise IP2PError(f"The converted file must end in .safetensors, got {dst}. Choose a .safetensors path.")
+    if dst.resolve() == src.resolve():
+        raise IP2PError(f"Source and destination are the same file ({src}). Choose another destination.")
+    tensors = load_single_file(src)
+    logger.info("Writing %d tensors from %s to %s", len(tensors), src, dst)
+    return save_safetensors_atomic(tensors, dst)
+
+
+# --------------------------------------------------------------------------------------------
+# Cheap facts about the UNet
+
+
+def _single_file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the keys that identify the UNet, from a safetensors header when possible."""
+    wanted = {UNET_IN_KEY, SDXL_MARKER_KEY, EDM_VPRED_KEY} | {CONTEXT_KEY.format(i) for i in (1, 4)}
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys() if k in wanted}
+        except Exception as exc:
+            raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+    tensors = load_single_file(path)
+    return {k: tuple(v.shape) for k, v in tensors.items() if k in wanted}
+
+
+def _base_from_context(context_dim: int | None, sdxl_marker: bool) -> str:
+    """SDXL has a size/crop embedding and a 2048-wide text context, SD 2.x a 1024-wide one; other
+    SD-shaped UNets (768, or the small contexts of test models) follow SD 1.5's layout."""
+    if sdxl_marker or context_dim == 2048:
+        return "sdxl"
+    if context_dim == 1024:
+        return "sd2"
+    return "sd15"
+
+
+def read_unet_facts(path: str | os.PathLike) -> tuple[str, int, bool]:
+    """(base architecture, UNet input channels, EDM v-prediction?) without loading the weights.
+
+    A single file is read from its safetensors header (a pickle has to be loaded), a diffusers
+    folder from ``unet/config.json`` and ``scheduler/scheduler_config.json``.
+    """
+    path = Path(path)
+    if detect_format(path) == "diffusers":
+        config_path = path / "unet" / "config.json"
+        if not config_path.is_file():
+            raise IP2PError(
+                f"{path} has no unet/config.json, so its UNet cannot be identified. "
+                f"Re-save the model with diffusers' save_pretrained, or copy the missing file."
+            )
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        context = config.get("cross_attention_dim")
+        context = context[0] if isinstance(context, list) else context
+        sdxl = config.get("addition_embed_type") == "text_time"
+        scheduler_path = path / "scheduler" / "scheduler_config.json"
+        edm = False
+        if scheduler_path.is_file():
+            scheduler = json.loads(scheduler_path.read_text(encoding="utf-8"))
+            edm = (
+                scheduler.get("_class_name", "").startswith("EDM")
+                and scheduler.get("prediction_type") == "v_prediction"
+            )
+        return _base_from_context(context, sdxl), int(config.get("in_channels", 4)), edm
+    shapes = _single_file_shapes(path)
+    if UNET_IN_KEY not in shapes:
+        raise IP2PError(
+            f"{path} has no Stable Diffusion UNet in the original layout (no key {UNET_IN_KEY!r}). "
+            f"Expected a full SD 1.5 / SDXL checkpoint (model.diffusion_model.*, first_stage_model.*, "
+            f"cond_stage_model.*); for diffusers weights pass the model folder instead."
+        )
+    in_channels = shapes[UNET_IN_KEY][1]
+    context = next((shapes[k][1] for k in (CONTEXT_KEY.format(1), CONTEXT_KEY.format(4)) if k in shapes), None)
+    base = _base_from_context(context, SDXL_MARKER_KEY in shapes)
+    return base, int(in_channels), EDM_VPRED_KEY in shapes
+
+
+def inspect_model(path: str | os.PathLike) -> ModelFamily:
+    """The model family of a checkpoint file or diffusers folder, read cheaply."""
+    base, in_channels, edm = read_unet_facts(path)
+    return classify(base, in_channels, edm)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashes
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files a model hash covers: the file itself, or a folder's weight files sorted by relative path."""
+    path = Path(path)
+    _require_exists(path)
+    if path.is_file():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            yield chunk
+
+
+def model_hash(path: str | os.PathLike) -> str:
+    """sha256 of the weights (a file, or a folder's weight files in sorted order), first 12 hex digits."""
+    files = weight_files(path)
+    if not files:
+        raise IP2PError(
+            f"{path} holds no weight files ({', '.join(WEIGHT_SUFFIXES)}), so there is no model to hash. "
+            f"Check that the model was saved completely."
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        for chunk in _chunks(file):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

@@ -1,0 +1,326 @@
+"""ComfyUI sampler and scheduler names, mapped to the closest diffusers scheduler.
+
+The headless editor speaks ComfyUI's vocabulary so a setting copied from a workflow means the
+same thing on the command line. ComfyUI's samplers are k-diffusion functions over a sigma
+schedule; diffusers' are scheduler classes over timesteps. Where the two are the same algorithm
+on the same schedule they agree to float precision; elsewhere the mapping is the closest
+diffusers offers, and ``docs/samplers.md`` says how close.
+
+Samplers (``--sampler``):
+
+========================  =====================================================  ==================
+ComfyUI name              diffusers scheduler                                    same as ComfyUI?
+========================  =====================================================  ==================
+euler                     EulerDiscreteScheduler                                 yes (same ODE step)
+euler_ancestral           EulerAncestralDiscreteScheduler (eta 1)                same step; other noise
+heun                      HeunDiscreteScheduler                                  yes (same step)
+dpm_2                     KDPM2DiscreteScheduler                                 close (ComfyUI drops
+                                                                                 the penultimate sigma)
+dpm_2_ancestral           KDPM2AncestralDiscreteScheduler                        close; other noise
+lms                       LMSDiscreteScheduler (order 4)                         close (coefficients
+                                                                                 integrated differently)
+dpmpp_2m                  DPMSolverMultistepScheduler dpmsolver++, order 2       close (integer
+                                                                                 timesteps)
+dpmpp_2m_sde              DPMSolverMultistepScheduler sde-dpmsolver++, order 2,  same SDE; other noise
+                          midpoint                                               (no Brownian tree)
+dpmpp_3m_sde              DPMSolverMultistepScheduler sde-dpmsolver++, order 3   same SDE; other noise
+ddim                      DDIMScheduler, eta 0 (Euler for sigma schedules)       yes: DDIM with eta 0 is
+                                                                                 the Euler ODE step
+uni_pc                    UniPCMultistepScheduler bh1, order 3                   close
+uni_pc_bh2                UniPCMultistepScheduler bh2, order 3                   close
+deis                      DEISMultistepScheduler, order 3                        close
+========================  =====================================================  ==================
+
+Schedulers (``--scheduler``): ``normal`` is the model's own timestep spacing from its scheduler
+config (what diffusers' pipeline uses, so the parity promise holds for it; note that ComfyUI's
+"normal" is linspace spacing, while SD 1.5 configs say "leading" — ComfyUI's ``ddim_uniform``);
+``karras``, ``exponential`` and ``beta`` are diffusers' ``use_*_sigmas`` conversions over the full
+sigma range (as ComfyUI computes them); ``simple`` is "trailing" spacing; ``ddim_uniform`` is
+"leading" spacing with offset 1.
+
+Explicit sigmas (cross-backend checks) follow ComfyUI's conventions — the model is called at the
+timestep whose sigma is nearest in log space — and are accepted by the one-sigma-per-step samplers
+(euler, euler_ancestral, ddim).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import IP2PError
+
+_INSTALL_HINT = "pip install 'comfyui-ip2p[headless]'"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How one ComfyUI sampler name maps onto diffusers."""
+
+    name: str
+    scheduler_class: str  # diffusers class name
+    options: dict[str, Any] = field(default_factory=dict)  # config overrides for that class
+    parity: str = ""  # how close it is to ComfyUI's sampler of that name (docs/samplers.md)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """How one ComfyUI scheduler name maps onto diffusers config options."""
+
+    name: str
+    options: dict[str, Any]
+    sigma_conversion: str | None = None  # the diffusers flag that converts sigmas, if any
+    parity: str = ""
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    spec.name: spec
+    for spec in (
+        SamplerSpec("euler", "EulerDiscreteScheduler", {}, "exact: the same Euler ODE step on the same sigmas"),
+        SamplerSpec(
+            "euler_ancestral",
+            "EulerAncestralDiscreteScheduler",
+            {},
+            "same step (eta 1); the per-step noise comes from our generator, not ComfyUI's",
+        ),
+        SamplerSpec("heun", "HeunDiscreteScheduler", {}, "exact: the same 2nd-order Heun step"),
+        SamplerSpec(
+            "dpm_2",
+            "KDPM2DiscreteScheduler",
+            {},
+            "close: same DPM-2 step; ComfyUI drops the penultimate sigma, diffusers interpolates mid-points",
+        ),
+        SamplerSpec(
+            "dpm_2_ancestral",
+            "KDPM2AncestralDiscreteScheduler",
+            {},
+            "close: as dpm_2, plus other per-step noise",
+        ),
+        SamplerSpec(
+            "lms",
+            "LMSDiscreteScheduler",
+            {},
+            "close: order 4 in both; diffusers integrates the coefficients on its own grid",
+        ),
+        SamplerSpec(
+            "dpmpp_2m",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            "close: same DPM-Solver++(2M) update and first-order final step; diffusers rounds timesteps",
+        ),
+        SamplerSpec(
+            "dpmpp_2m_sde",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
+            "same SDE solver (midpoint); noise from our generator, not ComfyUI's Brownian tree",
+        ),
+        SamplerSpec(
+            "dpmpp_3m_sde",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+            "same SDE solver; noise from our generator, not ComfyUI's Brownian tree",
+        ),
+        SamplerSpec(
+            "ddim",
+            "DDIMScheduler",
+            {"clip_sample": False, "thresholding": False},
+            "exact step: ComfyUI's ddim is Euler, and DDIM with eta 0 is the same ODE step "
+            "(diffusers stops at sigma_min instead of 0 unless set_alpha_to_one); sigma schedules use Euler",
+        ),
+        SamplerSpec(
+            "uni_pc",
+            "UniPCMultistepScheduler",
+            {"solver_type": "bh1", "solver_order": 3, "predict_x0": True},
+            "close: UniPC bh1 order 3 in both; ComfyUI drops the penultimate sigma",
+        ),
+        SamplerSpec(
+            "uni_pc_bh2",
+            "UniPCMultistepScheduler",
+            {"solver_type": "bh2", "solver_order": 3, "predict_x0": True},
+            "close: UniPC bh2 order 3 in both; ComfyUI drops the penultimate sigma",
+        ),
+        SamplerSpec(
+            "deis",
+            "DEISMultistepScheduler",
+            {"algorithm_type": "deis", "solver_order": 3},
+            "close: DEIS order 3; ComfyUI uses tabulated coefficients",
+        ),
+    )
+}
+
+SCHEDULES: dict[str, ScheduleSpec] = {
+    spec.name: spec
+    for spec in (
+        ScheduleSpec("normal", {}, None, "the model's own spacing (diffusers' pipeline default)"),
+        ScheduleSpec(
+            "karras",
+            {"use_karras_sigmas": True, "timestep_spacing": "linspace"},
+            "use_karras_sigmas",
+            "exact sigmas (rho 7 between the model's sigma_min and sigma_max)",
+        ),
+        ScheduleSpec(
+            "exponential",
+            {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
+            "use_exponential_sigmas",
+            "exact sigmas (log-linear between sigma_max and sigma_min)",
+        ),
+        ScheduleSpec(
+            "beta",
+            {"use_beta_sigmas": True, "timestep_spacing": "linspace"},
+            "use_beta_sigmas",
+            "close: beta(0.6, 0.6) in both; ComfyUI snaps to the model's sigmas",
+        ),
+        ScheduleSpec(
+            "simple", {"timestep_spacing": "trailing"}, None, "exact when steps divides 1000 (trailing spacing)"
+        ),
+        ScheduleSpec(
+            "ddim_uniform",
+            {"timestep_spacing": "leading", "steps_offset": 1},
+            None,
+            "exact when 1000 // steps steps cover the range (leading spacing, offset 1)",
+        ),
+    )
+}
+
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULES)
+
+# Samplers that take one model call per sigma and so accept an explicit sigma schedule.
+EXPLICIT_SIGMA_SAMPLERS = ("euler", "euler_ancestral", "ddim")
+
+
+def check_names(sampler: str, scheduler: str) -> None:
+    """Refuse unknown sampler or scheduler names, listing the valid ones."""
+    if sampler not in SAMPLERS:
+        raise IP2PError(
+            f"Unknown sampler {sampler!r}. Choose one of: {', '.join(SAMPLER_NAMES)} "
+            f"(ComfyUI's names; see docs/samplers.md for how each maps to diffusers)."
+        )
+    if scheduler not in SCHEDULES:
+        raise IP2PError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+
+
+def _diffusers_class(name: str):
+    try:
+        import diffusers
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise IP2PError(f"Headless sampling needs diffusers, which is not installed: {_INSTALL_HINT}") from exc
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise IP2PError(f"The installed diffusers {diffusers.__version__} has no {name}; upgrade it: {_INSTALL_HINT}")
+    return cls
+
+
+def _accepts(cls, option: str) -> bool:
+    return option in inspect.signature(cls.__init__).parameters
+
+
+def make_scheduler(scheduler_config: dict, sampler: str, scheduler: str):
+    """A diffusers scheduler for ComfyUI's ``sampler`` / ``scheduler`` names on the model's schedule.
+
+    ``scheduler_config`` is the model's own (``EditModel.scheduler_config``): its betas, prediction
+    type and spacing. The result is used as diffusers' pipelines use one: ``set_timesteps(steps)``,
+    then ``scale_model_input`` / ``step`` per timestep.
+    """
+    check_names(sampler, scheduler)
+    spec, schedule = SAMPLERS[sampler], SCHEDULES[scheduler]
+    config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+
+    if schedule.sigma_conversion and sampler == "ddim":
+        # ComfyUI's ddim is the Euler sampler, so on a sigma schedule it is Euler there too.
+        spec = SAMPLERS["euler"]
+    cls = _diffusers_class(spec.scheduler_class)
+    options = {**spec.options, **schedule.options}
+
+    if schedule.sigma_conversion and not _accepts(cls, schedule.sigma_conversion):
+        if sampler == "euler_ancestral":
+            return _euler_ancestral_on_sigma_schedule(config, schedule)
+        raise IP2PError(
+            f"The scheduler {scheduler!r} is not available for the sampler {sampler!r} in the installed diffusers. "
+            f"Use --scheduler normal, or upgrade diffusers: {_INSTALL_HINT}"
+        )
+    try:
+        instance = cls.from_config(config, **options)
+    except ImportError as exc:  # e.g. use_beta_sigmas needs scipy
+        raise IP2PError(f"The scheduler {scheduler!r} needs a missing package: {exc}. Install it, or pick another.") from exc
+    if schedule.sigma_conversion and not instance.config.get(schedule.sigma_conversion):
+        raise IP2PError(
+            f"The installed diffusers ignored {schedule.sigma_conversion} for {sampler!r}; upgrade it: {_INSTALL_HINT}"
+        )
+    return instance
+
+
+def _euler_ancestral_on_sigma_schedule(config: dict, schedule: ScheduleSpec):
+    """Euler ancestral on a karras/exponential/beta schedule, which diffusers' class lacks.
+
+    The sigmas (and their fractional timesteps) come from EulerDiscreteScheduler with the same
+    options; the ancestral step itself only reads ``sigmas[i]`` and ``sigmas[i + 1]``.
+    """
+    euler_cls = _diffusers_class("EulerDiscreteScheduler")
+    ancestral_cls = _diffusers_class("EulerAncestralDiscreteScheduler")
+
+    class EulerAncestralOnSigmaSchedule(ancestral_cls):
+        def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+            planner = euler_cls.from_config(self.config, **schedule.options)
+            planner.set_timesteps(num_inference_steps, device=device)
+            super().set_timesteps(num_inference_steps, device=device)
+            self.sigmas = planner.sigmas.to("cpu")
+            self.timesteps = planner.timesteps.to(device)
+
+    options = {k: v for k, v in schedule.options.items() if k != schedule.sigma_conversion}
+    return EulerAncestralOnSigmaSchedule.from_config(config, **options)
+
+
+def model_sigmas(scheduler) -> torch.Tensor:
+    """The model's training sigmas, sqrt((1 - ᾱ_t) / ᾱ_t) for t = 0 … T-1, in float32."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+
+
+def timesteps_for_sigmas(scheduler, sigmas: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's discrete-model convention: the timestep whose sigma is nearest in log space."""
+    log_table = model_sigmas(scheduler).log()
+    log_sigmas = sigmas.float().clamp(min=1e-10).log()
+    return (log_sigmas[None, :] - log_table[:, None]).abs().argmin(dim=0).float()
+
+
+def set_sigmas(scheduler, sigmas: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+    """Run ``scheduler`` over an explicit sigma schedule (ComfyUI's, for cross-backend checks).
+
+    ``sigmas`` is decreasing, non-negative, one more than the number of steps (ComfyUI's layout,
+    usually ending in 0). Only one-sigma-per-step Euler schedulers accept it; returns the timesteps.
+    """
+    euler = _diffusers_class("EulerDiscreteScheduler")
+    ancestral = _diffusers_class("EulerAncestralDiscreteScheduler")
+    if not isinstance(scheduler, (euler, ancestral)):
+        raise IP2PError(
+            f"Explicit sigmas work with the samplers {', '.join(EXPLICIT_SIGMA_SAMPLERS)}; "
+            f"got a {type(scheduler).__name__}. Pick one of those, or pass no sigmas."
+        )
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
+    if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas < 0).any() or (sigmas[1:] > sigmas[:-1]).any():
+        raise IP2PError(
+            f"sigmas must be at least two finite, non-negative, non-increasing values (e.g. ending in 0); "
+            f"got {sigmas.tolist()}."
+        )
+    steps = sigmas.numel() - 1
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = timesteps_for_sigmas(scheduler, sigmas[:-1])
+    scheduler.sigmas = sigmas
+    scheduler.timesteps = timesteps.to(device)
+    scheduler.set_begin_index(0)
+    return scheduler.timesteps
+
+
+def explicit_sigma_scheduler(scheduler_config: dict, sampler: str, scheduler: str):
+    """:func:`make_scheduler` for a run over explicit sigmas: ComfyUI's ddim is Euler there."""
+    check_names(sampler, scheduler)
+    if sampler not in EXPLICIT_SIGMA_SAMPLERS:
+        raise IP2PError(
+            f"Explicit sigmas work with the samplers {', '.join(EXPLICIT_SIGMA_SAMPLERS)}, not {sampler!r}. "
+            f"Pick one of those, or pass no sigmas."
+        )
+    return make_scheduler(scheduler_config, "euler" if sampler == "ddim" else sampler, "normal")

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The project's test command. Installs what the tests need (once; re-runs skip finished steps), then
+# runs a suite and exits with pytest's code.
+#
+#   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/comfy
+#   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
+#
+# ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
+# Environment:
+#   IP2P_VENV      the virtual environment (default: .venv at the repository root; created if missing)
+#   IP2P_COMFY_LIB where ComfyUI's library is installed (default: .cache/comfy-lib)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+suite=default
+if [ "${1:-}" = server ]; then
+    suite=server
+    shift
+fi
+
+# Pinned: an unpinned torch would pull a multi-GB CUDA build. torchvision and notcomfy go to their
+# own folder with --no-deps for the same reason (see scripts/comfy_lib_host.py).
+torch_version=2.13.0
+torchvision_version=0.28.0
+notcomfy_version=0.1.0
+open_clip_version=3.3.0
+torchsde_version=0.2.6
+
+venv=${IP2P_VENV:-$root/.venv}
+comfy_lib=${IP2P_COMFY_LIB:-$root/.cache/comfy-lib}
+export IP2P_COMFY_LIB=$comfy_lib
+export HF_HUB_OFFLINE=1
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "test.sh: creating the virtual environment $venv"
+    python3 -m venv "$venv"
+fi
+py=$venv/bin/python
+
+# 1. The venv: torch first, then the project with its test extra, then the pure-Python modules that
+#    ComfyUI's library imports, and open_clip_torch for the CLIP vocabulary it carries (both without
+#    their dependencies, so they cannot touch torch).
+venv_key="torch=$torch_version torchsde=$torchsde_version open_clip=$open_clip_version project=$(sha256sum pyproject.toml | cut -c1-16)"
+venv_stamp=$venv/.ip2p-test-install
+if [ "$(cat "$venv_stamp" 2>/dev/null)" != "$venv_key" ]; then
+    echo "test.sh: installing into $venv"
+    "$py" -m pip install --quiet "torch==$torch_version"
+    "$py" -m pip install --quiet -e '.[test]'
+    "$py" -m pip install --quiet scipy pyyaml psutil tqdm einops trampoline
+    "$py" -m pip install --quiet --no-deps "torchsde==$torchsde_version" "open_clip_torch==$open_clip_version"
+    echo "$venv_key" >"$venv_stamp"
+fi
+
+# 2. ComfyUI's library (comfy, comfy_extras) in its own folder, completed by comfy_lib_host.py.
+lib_key="notcomfy=$notcomfy_version torchvision=$torchvision_version host=$(sha256sum scripts/comfy_lib_host.py | cut -c1-16)"
+lib_stamp=$comfy_lib/.ip2p-comfy-lib
+if [ "$(cat "$lib_stamp" 2>/dev/null)" != "$lib_key" ]; then
+    echo "test.sh: installing ComfyUI's library into $comfy_lib"
+    rm -rf "$comfy_lib"
+    "$py" -m pip install --quiet --no-deps --target "$comfy_lib" \
+        "notcomfy==$notcomfy_version" "torchvision==$torchvision_version"
+    "$py" scripts/comfy_lib_host.py "$comfy_lib"
+    echo "$lib_key" >"$lib_stamp"
+fi
+
+if [ "$suite" = server ]; then
+    # --- Server suite hook: scripts/server_host.sh (owned by the server suite) installs what a full
+    # --- ComfyUI server needs beyond the venv; the suite itself finds the checkout via COMFYUI_PATH.
+    if [ -f scripts/server_host.sh ]; then
+        PYTHON=$py bash scripts/server_host.sh
+    fi
+    paths=(tests/server)
+else
+    paths=(tests/core tests/headless tests/comfy)
+fi
+
+status=0
+"$py" -m pytest "${paths[@]}" "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests: failing" >&2
+    status=1
+fi
+exit "$status"

@@ -1,0 +1,42 @@
+"""Shared fixtures for the headless (diffusers) tests: tiny random models, in memory and on disk."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from ip2p.loading import save_diffusers, save_single_file
+from ip2p.random_model import build_random_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub from the tests
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Without the headless extra there is nothing here to test: skip the folder instead of failing.
+if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("transformers") is None:
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny InstructPix2Pix model (8-channel UNet, 64 px images), random weights, seed 0."""
+    return build_random_model("tiny", in_channels=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model():
+    """A tiny base model (4-channel UNet): refused for editing, fine for training and data generation."""
+    return build_random_model("tiny", in_channels=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_dir(tiny_model, tmp_path_factory):
+    """``tiny_model`` saved as a diffusers folder."""
+    return save_diffusers(tiny_model, tmp_path_factory.mktemp("tiny_diffusers") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny_model, tmp_path_factory):
+    """``tiny_model`` saved as one original-layout .safetensors file."""
+    return save_single_file(tiny_model, tmp_path_factory.mktemp("tiny_single") / "tiny-ip2p.safetensors")
