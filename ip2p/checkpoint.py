@@ -139,6 +139,13 @@ def _refuse_code(path: Path, detail: str) -> IP2PError:
     )
 
 
+def _pickle_problem(exc: pickle.UnpicklingError) -> str:
+    """The offending object from torch's refusal, without its advice to turn the protection off."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    named = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
+    return named[0] if named else "an object weights-only loading does not allow"
+
+
 def _torch_load(path: Path) -> object:
     mmap = zipfile.is_zipfile(path)  # mmap needs torch's zip format; legacy pickles are read whole
     kwargs = {"map_location": "cpu", "weights_only": True, "mmap": mmap}
@@ -188,12 +195,12 @@ def load_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises SafetensorError / OSError on bad bytes
             raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
-    if suffix not in PICKLE_SUFFIXES:
+    if suffix not in PICKLE_SUFFIXES + (".bin",):  # .bin: a diffusers component's pickled weights
         detect_format(path)  # raises the unknown-suffix message
     try:
         obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        raise _refuse_code(path, str(exc).split("\n")[0]) from exc
+        raise _refuse_code(path, _pickle_problem(exc)) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise _corrupt(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return _tensors_only(obj, path)
@@ -361,3 +368,51 @@ def model_hash(path: str | os.PathLike) -> str:
         for chunk in _chunks(file):
             digest.update(chunk)
     return digest.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers folders without diffusers (for the ComfyUI nodes)
+
+
+def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    """All weights of one component folder (sharded or not, safetensors preferred, fp32 before variants)."""
+    directory = folder / component
+    files = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise IP2PError(
+            f"{folder} has no weights in {component}/ (expected *.safetensors or *.bin). "
+            f"Re-save or re-download the model folder."
+        )
+    preferred = [p for p in files if p.suffix == ".safetensors"] or files
+    plain = [p for p in preferred if len(p.name.split(".")) == 2] or preferred  # no ".fp16." variant
+    state: dict[str, torch.Tensor] = {}
+    for path in plain:
+        state.update(load_single_file(path))
+    return state
+
+
+def _component_config(folder: Path, component: str) -> dict:
+    try:
+        return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IP2PError(f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder.") from exc
+
+
+def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A diffusers model folder as one original-layout state dict (what ComfyUI's loader reads).
+
+    Needs only torch and safetensors: current ComfyUI cannot load an 8-channel SD 1.5 diffusers
+    UNet itself, and the nodes must not depend on diffusers.
+    """
+    from .convert import diffusers_to_original, text_original_to_diffusers
+
+    folder = Path(folder)
+    if detect_format(folder) != "diffusers":
+        raise IP2PError(f"{folder} is not a diffusers model folder (no model_index.json).")
+    return diffusers_to_original(
+        _component_weights(folder, "unet"),
+        _component_weights(folder, "vae"),
+        text_original_to_diffusers(_component_weights(folder, "text_encoder")),
+        _component_config(folder, "unet"),
+        _component_config(folder, "vae"),
+    )

@@ -62,9 +62,16 @@ def _add_edit(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler", default="euler_ancestral", help=f"ComfyUI sampler name: {', '.join(schedulers.SAMPLER_NAMES)}"
     )
-    p.add_argument("--scheduler", default="normal", help=f"ComfyUI scheduler name: {', '.join(schedulers.SCHEDULER_NAMES)}")
+    p.add_argument(
+        "--scheduler", default="normal", help=f"ComfyUI scheduler name: {', '.join(schedulers.SCHEDULER_NAMES)}"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed (diffusers' convention; default 0)")
-    p.add_argument("--resize", default="paper", choices=sizing.RESIZE_POLICIES, help="paper: long side to --max-side; keep: input size")
+    p.add_argument(
+        "--resize",
+        default="paper",
+        choices=sizing.RESIZE_POLICIES,
+        help="paper: long side to --max-side; keep: input size",
+    )
     p.add_argument("--max-side", type=int, default=sizing.DEFAULT_MAX_SIDE, help="long side for --resize paper (512)")
     p.add_argument(
         "--max-input-side",
@@ -150,10 +157,14 @@ def plan_outputs(inputs: list[Path], folder_input: bool, out: Path) -> list[Path
         if out.exists() and not out.is_dir():
             raise IP2PError(f"--out {out} is a file, but the input is a folder. Pass a folder for --out.")
         stems = [p.stem for p in inputs]
-        targets = [out / (f"{p.stem}.png" if stems.count(p.stem) == 1 else f"{p.name.replace('.', '_')}.png") for p in inputs]
+        targets = [
+            out / (f"{p.stem}.png" if stems.count(p.stem) == 1 else f"{p.name.replace('.', '_')}.png") for p in inputs
+        ]
     else:
         if out.suffix.lower() != ".png":
-            raise IP2PError(f"--out {out} must end in .png (edits are written as PNG with their settings).")
+            raise IP2PError(
+                f"--out {out} must end in .png: edits are written as PNG with their settings. Give a .png path."
+            )
         targets = [out]
     resolved_inputs = {p.resolve() for p in inputs}
     for target in targets:

@@ -58,7 +58,9 @@ class EditSettings:
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise IP2PError(f"seed is {self.seed!r}; give a whole number from 0 to {MAX_SEED}.")
         if self.resize not in sizing.RESIZE_POLICIES:
-            raise IP2PError(f"Unknown resize policy {self.resize!r}; choose one of {', '.join(sizing.RESIZE_POLICIES)}.")
+            raise IP2PError(
+                f"Unknown resize policy {self.resize!r}; choose one of {', '.join(sizing.RESIZE_POLICIES)}."
+            )
         if not _is_int(self.max_side) or (self.resize == "paper" and self.max_side < 64):
             raise IP2PError(f"max_side is {self.max_side!r}; the paper policy needs a whole number ≥ 64 (try 512).")
         if not _is_int(self.max_input_side) or self.max_input_side < sizing.MIN_SIDE:

@@ -52,7 +52,7 @@ def labelled_grid(cells: torch.Tensor, rows: list[str], cols: list[str], label_w
         raise ValueError(f"{count} cells for a {len(rows)}×{len(cols)} grid")
     canvas = Image.new("RGB", (label_width + width * len(cols), LABEL_HEIGHT + height * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
-    pixels = (cells[..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    pixels = (cells[..., :3].detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     for index in range(count):
         row, col = divmod(index, len(cols))
         canvas.paste(Image.fromarray(pixels[index]), (label_width + col * width, LABEL_HEIGHT + row * height))

@@ -245,7 +245,9 @@ def make_scheduler(scheduler_config: dict, sampler: str, scheduler: str):
     try:
         instance = cls.from_config(config, **options)
     except ImportError as exc:  # e.g. use_beta_sigmas needs scipy
-        raise IP2PError(f"The scheduler {scheduler!r} needs a missing package: {exc}. Install it, or pick another.") from exc
+        raise IP2PError(
+            f"The scheduler {scheduler!r} needs a missing package: {exc}. Install it, or pick another."
+        ) from exc
     if schedule.sigma_conversion and not instance.config.get(schedule.sigma_conversion):
         raise IP2PError(
             f"The installed diffusers ignored {schedule.sigma_conversion} for {sampler!r}; upgrade it: {_INSTALL_HINT}"

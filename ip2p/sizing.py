@@ -48,7 +48,7 @@ def paper_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE) -> tup
 
 def keep_size(width: int, height: int) -> tuple[int, int]:
     """(width, height) for the "keep" policy: nearest multiples of 8 (at least 8)."""
-    return max(8, round(width / 8) * 8), max(8, round(height / 8) * 8)
+    return max(8, int(width / 8 + 0.5) * 8), max(8, int(height / 8 + 0.5) * 8)  # halves round up
 
 
 def working_size(width: int, height: int, policy: str, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:

@@ -179,6 +179,7 @@ class IP2PConditioning:
     @classmethod
     def execute(cls, positive, negative, vae, pixels, resize, max_side):
         pixels = image_to_working_size(pixels, resize, max_side)
-        image_latent = host.encode_mode(vae, pixels)
+        with torch.no_grad():
+            image_latent = host.encode_mode(vae, pixels)
         positive, negative = attach_image(positive, negative, image_latent)
         return positive, negative, {"samples": torch.zeros_like(image_latent)}

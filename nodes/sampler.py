@@ -5,6 +5,7 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
+import torch
 
 from ..ip2p import guidance
 from ..ip2p.errors import IP2PError
@@ -33,6 +34,7 @@ def resolve_conditioning(clip, instruction: str, negative: str, positive_cond, n
     return positive, negative_out
 
 
+@torch.no_grad()
 def sample_edit(
     model, vae, pixels, positive, negative, *, seed, steps, text_cfg, image_cfg, sampler_name, scheduler, denoise
 ):
@@ -165,5 +167,6 @@ class IP2PKSampler:
             model, vae, pixels, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
             image_cfg=image_cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
         )  # fmt: skip
-        edited = vae.decode(samples)
+        with torch.no_grad():
+            edited = vae.decode(samples)
         return image_to_size(edited, original_size, resize), {"samples": samples}

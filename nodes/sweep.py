@@ -70,7 +70,8 @@ class IP2PGuidanceSweep:
                     model, vae, pixels, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
                     image_cfg=image_cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=1.0,
                 )  # fmt: skip
-                edits.append(vae.decode(samples)[..., :3])
+                with torch.no_grad():
+                    edits.append(vae.decode(samples)[..., :3])
                 bar.update(1)
         cells = torch.stack(edits, dim=1)  # (batch, cells, H, W, C)
         rows = [f"text_cfg {v:g}" for v in text_values]

@@ -55,7 +55,19 @@ def _write_image(path: Path, width: int = 64, height: int = 64, mode: str = "RGB
 
 
 def _edit_args(model, image, out, *extra: str, instruction: str = "make it red") -> list[str]:
-    return ["edit", "--model", str(model), "--image", str(image), "--instruction", instruction, "--out", str(out), *FAST, *extra]
+    return [
+        "edit",
+        "--model",
+        str(model),
+        "--image",
+        str(image),
+        "--instruction",
+        instruction,
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    ]
 
 
 def _expect_user_error(capsys, argv: list[str], out: Path, *words: str) -> str:
@@ -147,7 +159,7 @@ def test_rgba_greyscale_16_bit_and_palette_images_are_converted_and_edited(tiny_
     modes = {"rgba": "RGBA", "grey": "L", "deep": "I;16", "palette": "P"}
     for name, mode in modes.items():
         _write_image(folder / f"{name}.png", mode=mode)
-    assert cli.main(_edit_args(tiny_single_file, folder, out)) == 0
+    assert cli.main(_edit_args(tiny_single_file, folder, out, "--batch", "4")) == 0
     for name in modes:
         assert Image.open(out / f"{name}.png").mode == "RGB"
 
@@ -160,7 +172,9 @@ def _pickle_that_runs_code(path: Path, marker: Path) -> Path:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "callback": RunsCode()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(
+        {"state_dict": {"w": torch.zeros(2)}, "callback": RunsCode()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL
+    )
     return path
 
 
@@ -302,4 +316,3 @@ def test_the_console_entry_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: steps is 0") and not out.exists()
-

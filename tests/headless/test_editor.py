@@ -147,7 +147,9 @@ def test_scales_diffusers_ignores_still_guide_by_the_papers_formula(tiny_model, 
     ours = edit(tiny_model, image, settings, noise=noise, progress=False)
     reference = _paper_formula_one_step(tiny_model, image, settings, noise)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
-    unguided = edit(tiny_model, image, dataclasses.replace(settings, text_cfg=1.0, image_cfg=1.0), noise=noise, progress=False)
+    unguided = edit(
+        tiny_model, image, dataclasses.replace(settings, text_cfg=1.0, image_cfg=1.0), noise=noise, progress=False
+    )
     assert (ours - unguided).abs().max() > 0.01
 
 
@@ -211,7 +213,9 @@ def test_explicit_sigmas_on_the_models_timesteps_reproduce_its_schedule(tiny_mod
             progress=False,
         )
     assert calls.timesteps == scheduler.timesteps.tolist()
-    torch.testing.assert_close(explicit, edit(tiny_model, image, settings, noise=noise, progress=False), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        explicit, edit(tiny_model, image, settings, noise=noise, progress=False), rtol=0, atol=1e-5
+    )
 
 
 def test_explicit_sigmas_set_the_number_of_steps(tiny_model):

@@ -58,7 +58,9 @@ def _ours(model, images: torch.Tensor, settings: EditSettings) -> np.ndarray:
 
 
 def _settings(sampler: str, **change) -> EditSettings:
-    return EditSettings(**{"instruction": "make it red", "steps": STEPS, "sampler": sampler, "seed": 42, "max_side": 64, **change})
+    return EditSettings(
+        **{"instruction": "make it red", "steps": STEPS, "sampler": sampler, "seed": 42, "max_side": 64, **change}
+    )
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
