@@ -15,13 +15,13 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_file
 from .errors import IP2PError
 from .model_family import ModelFamily, classify
 
@@ -206,13 +206,6 @@ def load_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _tensors_only(obj, path)
 
 
-def _atomic_target(dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(handle)
-    return Path(tmp)
-
-
 def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], dst: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
@@ -234,13 +227,8 @@ def save_safetensors_atomic(
             tensor = tensor.clone()
         seen.add(pointer)
         clean[key] = tensor
-    tmp = _atomic_target(dst)
-    try:
+    with atomic_file(dst) as tmp:
         save_file(clean, str(tmp), metadata=metadata if metadata is not None else {"format": "pt"})
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 
@@ -395,7 +383,9 @@ def _component_config(folder: Path, component: str) -> dict:
     try:
         return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise IP2PError(f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder.") from exc
+        raise IP2PError(
+            f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder."
+        ) from exc
 
 
 def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -15,10 +15,9 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_dir
 from .errors import IP2PError
 
 logger = logging.getLogger(__name__)
@@ -64,20 +63,9 @@ def _is_tokenizer_dir(folder: Path) -> bool:
 
 
 def _write_atomic_dir(target: Path, fill) -> Path:
-    """Create ``target`` by filling a sibling temporary folder and renaming it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    """Create ``target`` by filling a temporary folder; a concurrent writer's finished copy is kept."""
+    with atomic_dir(target, keep_existing=True) as tmp:
         fill(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process won the race (target exists and is not empty): keep theirs.
-            if not _is_tokenizer_dir(target):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

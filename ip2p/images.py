@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from .atomic import atomic_file
 from .errors import IP2PError
 from .sizing import DEFAULT_MAX_INPUT_SIDE, check_input_size
 
@@ -138,16 +138,10 @@ def save_png(image: torch.Tensor, path: str | os.PathLike, metadata: Mapping[str
     info.add_text(METADATA_KEY, json.dumps(dict(metadata), ensure_ascii=False, sort_keys=True))
     info.add_text(PARAMETERS_KEY, parameters_text(metadata))
     pil = Image.fromarray(to_uint8(image))
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            pil.save(stream, format="PNG", pnginfo=info)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary, open(temporary, "wb") as stream:
+        pil.save(stream, format="PNG", pnginfo=info)
+        stream.flush()
+        os.fsync(stream.fileno())
     return path
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from . import convert
+from .atomic import atomic_dir
 from .checkpoint import (
     EDM_VPRED_KEY,
     SAFETENSORS_SUFFIXES,
@@ -331,25 +331,11 @@ def _save_text_encoder(text_encoder, folder: Path) -> None:
         save_safetensors_atomic(canonical_text_state(text_encoder), weights)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished temporary folder into place, replacing any older ``target``."""
-    backup = None
-    if target.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        backup.rmdir()
-        os.replace(target, backup)
-    os.replace(tmp, target)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def save_diffusers(model: EditModel, folder: str | os.PathLike) -> Path:
     """Save ``model`` as a diffusers folder, atomically (built beside it, then renamed into place)."""
     diffusers, _ = _headless()
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         model.vae.save_pretrained(tmp / "vae", safe_serialization=True)
         _save_text_encoder(model.text_encoder, tmp / "text_encoder")
@@ -373,10 +359,6 @@ def save_diffusers(model: EditModel, folder: str | os.PathLike) -> Path:
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2), "utf-8")
-        _replace_dir(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -54,7 +54,7 @@ if [ "$(cat "$venv_stamp" 2>/dev/null)" != "$venv_key" ]; then
 fi
 
 # 2. ComfyUI's library (comfy, comfy_extras) in its own folder, completed by comfy_lib_host.py.
-lib_key="notcomfy=$notcomfy_version torchvision=$torchvision_version host=$(sha256sum scripts/comfy_lib_host.py | cut -c1-16)"
+lib_key="$("$py" -V) notcomfy=$notcomfy_version torchvision=$torchvision_version host=$(sha256sum scripts/comfy_lib_host.py | cut -c1-16)"
 lib_stamp=$comfy_lib/.ip2p-comfy-lib
 if [ "$(cat "$lib_stamp" 2>/dev/null)" != "$lib_key" ]; then
     echo "test.sh: installing ComfyUI's library into $comfy_lib"
