@@ -1,10 +1,10 @@
 """Both sampling paths agree: the ComfyUI node and the headless editor, same checkpoint, same start.
 
 ComfyUI and diffusers seed differently, so the check passes the starting noise and the sigmas
-explicitly. The sampler is deterministic (Euler). Tolerance: 2/255 per pixel, the same bound the
-headless editor meets against diffusers' own pipeline; both sides run in float32 from the same fp16
-weights, and what differs is the order of floating-point operations (batched branches, attention
-kernels, ComfyUI's casting of the fp16 text encoder).
+explicitly. The sampler is deterministic (Euler). Tolerance: 0.5/255 per pixel (measured 0.04/255
+on ComfyUI of 2024-11); both sides run in float32 from the same fp16 weights, and what differs is
+the order of floating-point operations (batched branches, attention kernels, ComfyUI's casting of
+the fp16 text encoder).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 STEPS = 3
 SIZE = 64
-TOLERANCE = 2 / 255
+TOLERANCE = 0.5 / 255  # measured: 0.04/255
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,9 @@ def test_empty_instruction_returns_the_input_unchanged(nodes, loaded, image, une
 @pytest.mark.parametrize(
     ("text_cfg", "image_cfg", "rows"), [(7.5, 1.5, 3), (7.5, 1.0, 2), (1.0, 1.0, 1), (1.0, 0.5, 3)]
 )
-def test_each_step_is_one_batched_unet_call_over_the_needed_branches(nodes, loaded, image, unet_batches, text_cfg, image_cfg, rows):
+def test_each_step_is_one_batched_unet_call_over_the_needed_branches(
+    nodes, loaded, image, unet_batches, text_cfg, image_cfg, rows
+):
     run_ksampler(nodes, loaded, image, model=unet_batches.model, text_cfg=text_cfg, image_cfg=image_cfg)
     assert unet_batches.sizes == [rows] * STEPS
 
@@ -261,3 +263,9 @@ def test_diffusers_loader_gives_the_same_model_as_the_single_file(nodes, loaded,
     assert ours.keys() == reference.keys()
     for key in ("input_blocks.0.0.weight", "middle_block.1.proj_in.weight", "out.2.weight"):
         torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 64, 3), (1, 64, 5, 3)])
+def test_images_under_8_px_are_refused_by_the_sampler(nodes, errors, loaded, shape):
+    with pytest.raises(errors.IP2PError, match="at least 8 px"):
+        run_ksampler(nodes, loaded, torch.rand(shape))
