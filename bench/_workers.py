@@ -551,10 +551,22 @@ def comfy_graphs(params: dict) -> dict:
 
     def ours(n_steps: int):
         edited, _ = ksampler_node.execute(
-            model=model, vae=vae, image=image, instruction=INSTRUCTION, negative="", seed=params["seed"],
-            steps=n_steps, text_cfg=TEXT_CFG, image_cfg=IMAGE_CFG, sampler_name=SAMPLER, scheduler=SCHEDULER,
-            denoise=1.0, resize="keep", max_side=max(64, size), clip=clip,
-        )  # fmt: skip
+            model=model,
+            vae=vae,
+            image=image,
+            instruction=INSTRUCTION,
+            negative="",
+            seed=params["seed"],
+            steps=n_steps,
+            text_cfg=TEXT_CFG,
+            image_cfg=IMAGE_CFG,
+            sampler_name=SAMPLER,
+            scheduler=SCHEDULER,
+            denoise=1.0,
+            resize="keep",
+            max_side=max(64, size),
+            clip=clip,
+        )
         return edited
 
     def native(n_steps: int):
@@ -563,16 +575,26 @@ def comfy_graphs(params: dict) -> dict:
             nodes_ip2p.InstructPixToPixConditioning, positive=positive, negative=negative, vae=vae, pixels=image
         )
         (guider,) = call_node(
-            custom.DualCFGGuider, model=model, cond1=cond_positive, cond2=cond_negative, negative=negative,
-            cfg_conds=TEXT_CFG, cfg_cond2_negative=IMAGE_CFG, **style,
-        )  # fmt: skip
+            custom.DualCFGGuider,
+            model=model,
+            cond1=cond_positive,
+            cond2=cond_negative,
+            negative=negative,
+            cfg_conds=TEXT_CFG,
+            cfg_cond2_negative=IMAGE_CFG,
+            **style,
+        )
         (sampler,) = call_node(custom.KSamplerSelect, sampler_name=SAMPLER)
         (sigmas,) = call_node(custom.BasicScheduler, model=model, scheduler=SCHEDULER, steps=n_steps, denoise=1.0)
         (noise_source,) = call_node(custom.RandomNoise, noise_seed=params["seed"])
         output = call_node(
-            custom.SamplerCustomAdvanced, noise=noise_source, guider=guider, sampler=sampler, sigmas=sigmas,
+            custom.SamplerCustomAdvanced,
+            noise=noise_source,
+            guider=guider,
+            sampler=sampler,
+            sigmas=sigmas,
             latent_image=latent,
-        )[0]  # fmt: skip
+        )[0]
         return vae.decode(output["samples"])  # what the VAEDecode node does for an image model
 
     graphs = {"node": ours, "native": native}
@@ -644,4 +666,3 @@ def run_worker(name: str, params_json: str) -> int:
 
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-

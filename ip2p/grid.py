@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import IP2PError
 from .guidance import validate_scales
 
-LABEL_HEIGHT = 24  # px of the header row and, scaled, of the label column
+LABEL_HEIGHT = 24  # px of the header row
+LABEL_WIDTH = 96  # px of the label column
 MAX_SWEEP_VALUES = 16
 
 
@@ -45,7 +46,9 @@ def _label(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], text: str)
     draw.text((x, y), text, fill=(0, 0, 0), font=font)
 
 
-def labelled_grid(cells: torch.Tensor, rows: list[str], cols: list[str], label_width: int = 96) -> torch.Tensor:
+def labelled_grid(
+    cells: torch.Tensor, rows: list[str], cols: list[str], label_width: int = LABEL_WIDTH
+) -> torch.Tensor:
     """Cells (len(rows)·len(cols), H, W, C) in [0, 1], row-major → one (H', W', 3) grid with labels."""
     count, height, width, _ = cells.shape
     if count != len(rows) * len(cols):

@@ -243,15 +243,16 @@ def test_custom_sampler_route_matches_the_one_node_sampler(nodes, loaded, image)
     torch.testing.assert_close(by_hand.float().cpu(), one_node["samples"].float(), rtol=1e-5, atol=1e-5)
 
 
-def test_sweep_returns_one_labelled_grid_per_image_and_every_edit(nodes, loaded):
+def test_sweep_returns_one_labelled_grid_per_image_and_every_edit(pack, nodes, loaded):
     images = torch.rand(2, SIZE, SIZE, 3)
     grids, edits = nodes.IP2PGuidanceSweep.execute(
         model=loaded.model, vae=loaded.vae, image=images, instruction="make it red", negative="", seed=0,
-        steps=1, text_cfg_values="5, 7.5", image_cfg_values="1.0, 1.5", sampler_name="euler",
+        steps=1, text_cfg_values="5, 7.5", image_cfg_values="1.5", sampler_name="euler",
         scheduler="normal", resize="keep", max_side=512, clip=loaded.clip,
     )  # fmt: skip
-    assert edits.shape == (2 * 4, SIZE, SIZE, 3)
-    assert grids.shape[0] == 2 and grids.shape[1] > 2 * SIZE and grids.shape[2] > 2 * SIZE
+    assert edits.shape == (2 * 2, SIZE, SIZE, 3)
+    layout = pack.ip2p.grid
+    assert grids.shape == (2, layout.LABEL_HEIGHT + 2 * SIZE, layout.LABEL_WIDTH + SIZE, 3)  # 2 rows, 1 column
 
 
 def test_diffusers_loader_gives_the_same_model_as_the_single_file(nodes, loaded, sd15_ip2p_diffusers_dir):

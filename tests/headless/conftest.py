@@ -14,7 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub from the tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny InstructPix2Pix model (8-channel UNet, 64 px images), random weights, seed 0."""
