@@ -6,30 +6,10 @@ schedule; diffusers' are scheduler classes over timesteps. Where the two are the
 on the same schedule they agree to float precision; elsewhere the mapping is the closest
 diffusers offers, and ``docs/samplers.md`` says how close.
 
-Samplers (``--sampler``):
-
-========================  =====================================================  ==================
-ComfyUI name              diffusers scheduler                                    same as ComfyUI?
-========================  =====================================================  ==================
-euler                     EulerDiscreteScheduler                                 yes (same ODE step)
-euler_ancestral           EulerAncestralDiscreteScheduler (eta 1)                same step; other noise
-heun                      HeunDiscreteScheduler                                  yes (same step)
-dpm_2                     KDPM2DiscreteScheduler                                 close (ComfyUI drops
-                                                                                 the penultimate sigma)
-dpm_2_ancestral           KDPM2AncestralDiscreteScheduler                        close; other noise
-lms                       LMSDiscreteScheduler (order 4)                         close (coefficients
-                                                                                 integrated differently)
-dpmpp_2m                  DPMSolverMultistepScheduler dpmsolver++, order 2       close (integer
-                                                                                 timesteps)
-dpmpp_2m_sde              DPMSolverMultistepScheduler sde-dpmsolver++, order 2,  same SDE; other noise
-                          midpoint                                               (no Brownian tree)
-dpmpp_3m_sde              DPMSolverMultistepScheduler sde-dpmsolver++, order 3   same SDE; other noise
-ddim                      DDIMScheduler, eta 0 (Euler for sigma schedules)       yes: DDIM with eta 0 is
-                                                                                 the Euler ODE step
-uni_pc                    UniPCMultistepScheduler bh1, order 3                   close
-uni_pc_bh2                UniPCMultistepScheduler bh2, order 3                   close
-deis                      DEISMultistepScheduler, order 3                        close
-========================  =====================================================  ==================
+Each :class:`SamplerSpec` and :class:`ScheduleSpec` below carries its mapping and how close it is
+to ComfyUI's sampler of that name; ``docs/samplers.md`` shows them as a table (a test keeps the
+two in step). In short: euler, heun and ddim (ComfyUI's ddim is Euler) are the same algorithm;
+the ancestral and SDE samplers take the same step with other noise; the rest are close.
 
 Schedulers (``--scheduler``): ``normal`` is the model's own timestep spacing from its scheduler
 config (what diffusers' pipeline uses, so the parity promise holds for it; note that ComfyUI's
