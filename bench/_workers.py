@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,14 +269,16 @@ def edit_side(params: dict) -> dict:
     elif params["side"] == "diffusers":
         from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            params["model"],
-            torch_dtype=torch_dtype(params["dtype"]),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            local_files_only=True,
-        ).to(device)
+        with warnings.catch_warnings():  # newer diffusers call torch_dtype "dtype"; older ones know only torch_dtype
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                params["model"],
+                torch_dtype=torch_dtype(params["dtype"]),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                local_files_only=True,
+            ).to(device)
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
 
@@ -344,13 +347,13 @@ def step_ratio(params: dict) -> dict:
         seconds = time.perf_counter() - begin
         if len(stamps) != n_steps:
             raise RuntimeError(f"expected {n_steps} UNet calls (one per step), got {len(stamps)}")
-        return {"step_seconds": step_seconds(stamps), "seconds": seconds}
+        return {"step_seconds": step_seconds(stamps) if n_steps > 1 else None, "seconds": seconds}
 
     samples: dict[str, list] = {name: [] for name in cases}
     try:
         with torch.no_grad():
             for image_cfg in cases.values():
-                run(image_cfg, 2)  # warm-up for both batch sizes
+                run(image_cfg, 1)  # warm-up for both batch sizes
             for repeat in range(params["repeats"]):
                 for name, image_cfg in cases.items():  # interleaved: A B A B ...
                     timed = timed_clean(
@@ -392,31 +395,26 @@ def speed(params: dict) -> dict:
 # Figure 3: our node against ComfyUI's native InstructPix2Pix graph, inside one ComfyUI
 
 
-def _register_torchvision_standin() -> None:
-    """PyPI's torchvision is CUDA-linked; beside the CPU torch wheel only its Python parts import.
-
-    ComfyUI imports torchvision but uses no torchvision op for SD 1.5. Registering an empty
-    ``torchvision._meta_registrations`` lets the rest import (as tests/comfy and tests/server do).
-    """
-    import torch
-
-    if "torchvision" in sys.modules or torch.cuda.is_available():
-        return
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-
-
 def _find_torchvision(comfy_lib: Path) -> None:
-    """Make ``import torchvision`` work: the venv's, else the copy scripts/test.sh installed beside ComfyUI."""
+    """Make ``import torchvision`` work: the environment's own, else the copy scripts/test.sh installed.
+
+    ComfyUI imports torchvision but uses no torchvision op for SD 1.5. The copy beside ComfyUI's
+    library is PyPI's CUDA-linked build, whose C++ ops do not load beside the CPU torch wheel: an
+    empty ``torchvision._meta_registrations`` lets its Python parts import (as tests/comfy does).
+    """
     if importlib.util.find_spec("torchvision") is not None:
         return
     server_site = Path(os.environ.get("IP2P_SERVER_SITE", ROOT / ".cache" / "comfy-server-site"))
     for folder in (server_site, comfy_lib):
         if (folder / "torchvision" / "__init__.py").is_file():
+            sys.modules.setdefault(
+                "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+            )
             sys.path.append(str(folder))  # appended: it can shadow nothing
             return
     raise RuntimeError(
         "ComfyUI imports torchvision, which is not installed. Run scripts/test.sh (it installs one into "
-        f"{comfy_lib}) or pip install --no-deps torchvision."
+        f"{comfy_lib}) or install the torchvision that matches your torch."
     )
 
 
@@ -461,17 +459,18 @@ def _library_standins() -> None:
 def prepare_comfy(host: str, path: str, device: str) -> None:
     """Make ``import comfy`` the ComfyUI of ``host``: "checkout" (COMFYUI_PATH, first on sys.path) or "lib"."""
     folder = Path(path)
-    comfy_lib = Path(os.environ.get("IP2P_COMFY_LIB", ROOT / ".cache" / "comfy-lib"))
-    if host == "checkout":
-        if not (folder / "comfy" / "sd.py").is_file():
+    if not (folder / "comfy" / "sd.py").is_file():
+        if host == "checkout":
             raise RuntimeError(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/sd.py); point it at one.")
+        raise RuntimeError(f"ComfyUI's library is not installed in {folder}: run scripts/test.sh (it installs it).")
+    # Before either ComfyUI goes on sys.path: the library's folder also holds a torchvision.
+    _find_torchvision(
+        folder if host == "lib" else Path(os.environ.get("IP2P_COMFY_LIB", ROOT / ".cache" / "comfy-lib"))
+    )
+    if host == "checkout":
         sys.path.insert(0, str(folder))  # this worker process only: the checkout's comfy and server modules
-    else:
-        if not (folder / "comfy" / "sd.py").is_file():
-            raise RuntimeError(f"ComfyUI's library is not installed in {folder}: run scripts/test.sh (it installs it).")
+    elif str(folder) not in sys.path:
         sys.path.append(str(folder))  # appended, as tests/comfy does: it can shadow nothing of ours
-    _register_torchvision_standin()
-    _find_torchvision(comfy_lib)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = not device.startswith("cuda")  # must be set before comfy.model_management loads
@@ -611,10 +610,10 @@ def comfy_graphs(params: dict) -> dict:
             raise RuntimeError(f"{name}: expected {n_steps} progress updates (one per step), got {len(stamps)}")
         if not torch.isfinite(edited).all():
             raise RuntimeError(f"{name}: the edit produced non-finite pixels")
-        return {"step_seconds": step_seconds(stamps), "seconds": seconds}
+        return {"step_seconds": step_seconds(stamps) if n_steps > 1 else None, "seconds": seconds}
 
     for name in graphs:
-        run(name, 2)  # warm-up: model placement, first-call allocations
+        run(name, 1)  # warm-up: model placement, first-call allocations
     samples: dict[str, list] = {name: [] for name in graphs}
     for repeat in range(params["repeats"]):
         for name in graphs:  # interleaved: A B A B ...

@@ -410,7 +410,7 @@ class Bench:
         for label, make in sections:
             logger.info("figure %d: %s", figure, label)
             try:
-                records += make()
+                records += [{**r, "name": f"gpu_{r['name']}"} for r in make()]  # same figures, on the GPU
             except WorkerError as error:
                 records.append(failed(figure, label, error))
         for dtype in ("float16", "bfloat16"):
@@ -464,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, workdir)
     try:
-        bench.ensure_model(single_file=_needs_comfy_file(bench, args.figures))
+        try:
+            bench.ensure_model(single_file=_needs_comfy_file(bench, args.figures))
+        except WorkerError as error:
+            logger.error("could not build the benchmark model: %s", error)
+            return 1
         for figure in args.figures:
             logger.info("figure %d", figure)
             if figure == 1:
