@@ -400,7 +400,7 @@ def _find_torchvision(comfy_lib: Path) -> None:
 
     ComfyUI imports torchvision but uses no torchvision op for SD 1.5. The copy beside ComfyUI's
     library is PyPI's CUDA-linked build, whose C++ ops do not load beside the CPU torch wheel: an
-    empty ``torchvision._meta_registrations`` lets its Python parts import (as tests/comfy does).
+    empty ``torchvision._meta_registrations`` lets its Python parts import (as tests/comfy_lib does).
     """
     if importlib.util.find_spec("torchvision") is not None:
         return
@@ -470,7 +470,7 @@ def prepare_comfy(host: str, path: str, device: str) -> None:
     if host == "checkout":
         sys.path.insert(0, str(folder))  # this worker process only: the checkout's comfy and server modules
     elif str(folder) not in sys.path:
-        sys.path.append(str(folder))  # appended, as tests/comfy does: it can shadow nothing of ours
+        sys.path.append(str(folder))  # appended, as tests/comfy_lib does: it can shadow nothing of ours
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = not device.startswith("cuda")  # must be set before comfy.model_management loads

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_file
+from .cache import read_json, update_json
 from .errors import IP2PError
 from .model_family import ModelFamily, classify
 
@@ -40,6 +41,7 @@ CONTEXT_KEY = UNET_PREFIX + "input_blocks.{}.1.transformer_blocks.0.attn2.to_k.w
 EDM_VPRED_KEY = "edm_vpred.sigma_max"  # CosXL / CosXL-Edit mark their EDM v-prediction this way
 
 _HASH_CHUNK = 8 * 1024 * 1024
+_HASH_CACHE = "model_hashes.json"  # in the cache dir: weight-file identity -> hash
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,11 +353,19 @@ def model_hash(path: str | os.PathLike) -> str:
             f"{path} holds no weight files ({', '.join(WEIGHT_SUFFIXES)}), so there is no model to hash. "
             f"Check that the model was saved completely."
         )
+    # Hashing gigabytes takes seconds: reuse the hash while every file keeps its size and mtime.
+    identity = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    key = hashlib.sha256(identity.encode()).hexdigest()
+    cached = read_json(_HASH_CACHE).get(key)
+    if isinstance(cached, str):
+        return cached
     digest = hashlib.sha256()
     for file in files:
         for chunk in _chunks(file):
             digest.update(chunk)
-    return digest.hexdigest()[:12]
+    result = digest.hexdigest()[:12]
+    update_json(_HASH_CACHE, key, result)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

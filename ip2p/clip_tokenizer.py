@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_dir
+from .cache import cache_dir
 from .errors import IP2PError
 
 logger = logging.getLogger(__name__)
 
 ENV_TOKENIZER = "IP2P_CLIP_TOKENIZER"
-ENV_CACHE = "IP2P_CACHE_DIR"
 
 CLIP_VOCAB_SIZE = 49408  # 512 byte tokens + 48894 merges + 2 special tokens
 CLIP_MAX_LENGTH = 77
@@ -164,14 +164,6 @@ def clip_vocab_from_bpe_list(bpe_gz: str | os.PathLike) -> tuple[list[str], list
         raise IP2PError(f"{bpe_gz} is not a CLIP BPE list (expected {n_merges} merge pairs after the header). {_FIX}")
     vocab = _base_tokens() + ["".join(m) for m in merges] + [START_TOKEN, END_TOKEN]
     return vocab, merges  # type: ignore[return-value]
-
-
-def cache_dir() -> Path:
-    """Where derived files go: ``IP2P_CACHE_DIR``, else ``$XDG_CACHE_HOME/ip2p`` (``~/.cache/ip2p``)."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "ip2p"
 
 
 def tokenizer_from_open_clip(bpe_gz: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Completes the ComfyUI library host that tests/comfy imports (PyPI's notcomfy, ComfyUI's `comfy` of 2024-11).
+"""Completes the ComfyUI library host that tests/comfy_lib imports (PyPI's notcomfy, ComfyUI's `comfy` of 2024-11).
 
 scripts/test.sh installs notcomfy and torchvision with ``pip install --no-deps --target DIR`` (and
 open_clip_torch, with --no-deps, into the venv); this step then makes DIR usable as a library:

@@ -2,7 +2,7 @@
 # The project's test command. Installs what the tests need (once; re-runs skip finished steps), then
 # runs a suite and exits with pytest's code.
 #
-#   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/comfy
+#   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
@@ -73,7 +73,7 @@ if [ "$suite" = server ]; then
     fi
     paths=(tests/server)
 else
-    paths=(tests/core tests/headless tests/comfy)
+    paths=(tests/core tests/headless tests/comfy_lib)
 fi
 
 status=0

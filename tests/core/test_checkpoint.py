@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ip2p import checkpoint
 from ip2p.checkpoint import (
     convert_ckpt_to_safetensors,
     detect_format,
@@ -336,6 +337,24 @@ def test_model_hash_is_stable_and_changes_with_the_weights(tmp_path):
     changed = model_hash(write_safetensors(tmp_path / "c.safetensors", weights))
     assert first == again
     assert changed != first
+
+
+def test_model_hash_is_remembered_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("IP2P_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_safetensors(tmp_path / "m.safetensors", original_weights())
+    first = model_hash(path)
+    monkeypatch.setattr(checkpoint, "_chunks", lambda file: pytest.fail("re-read an unchanged file"))
+    assert model_hash(path) == first
+
+
+def test_model_hash_is_recomputed_when_the_file_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("IP2P_CACHE_DIR", str(tmp_path / "cache"))
+    weights = original_weights()
+    path = write_safetensors(tmp_path / "m.safetensors", weights)
+    first = model_hash(path)
+    weights[UNET_IN] = weights[UNET_IN].clone() + 1.0
+    write_safetensors(path, weights)
+    assert model_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:12] != first
 
 
 def test_folder_hash_covers_weight_files_only(tmp_path):

@@ -1,4 +1,4 @@
-"""The ComfyUI library host of tests/comfy: ComfyUI's ``comfy`` package of 2024-11 (PyPI's notcomfy 0.1.0).
+"""The ComfyUI library host of tests/comfy_lib: ComfyUI's ``comfy`` package of 2024-11 (PyPI's notcomfy 0.1.0).
 
 scripts/test.sh installs it into its own folder (``IP2P_COMFY_LIB``, default ``.cache/comfy-lib``)
 with the data files it lacks (scripts/comfy_lib_host.py). Loading this conftest then, before any
@@ -199,7 +199,9 @@ def _prepare_host() -> ComfyHost | str:
     import comfy.cli_args
 
     if "comfy.model_management" in sys.modules and not comfy.cli_args.args.cpu:
-        return "comfy.model_management was imported before the test host set --cpu; import comfy only in tests/comfy."
+        return (
+            "comfy.model_management was imported before the test host set --cpu; import comfy only in tests/comfy_lib."
+        )
     comfy.cli_args.args.cpu = True
     host = ComfyHost(library=COMFY_LIB)
     for name, make in _STANDINS.items():
@@ -317,14 +319,14 @@ def sd15_ip2p_diffusers_dir(comfy_host) -> Path:
 
 
 def pytest_runtest_logreport(report) -> None:
-    # A conftest's runtest hooks see only the tests below its folder: these are tests/comfy's.
+    # A conftest's runtest hooks see only the tests below its folder: these are tests/comfy_lib's.
     _test_seconds.append(report.duration)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if not _test_seconds:
         return
-    terminalreporter.write_sep("-", "tests/comfy cost")
-    terminalreporter.write_line(f"tests/comfy: {sum(_test_seconds):.1f} s of test time (setup, call, teardown)")
+    terminalreporter.write_sep("-", "tests/comfy_lib cost")
+    terminalreporter.write_line(f"tests/comfy_lib: {sum(_test_seconds):.1f} s of test time (setup, call, teardown)")
     for name, seconds in _timings.items():
         terminalreporter.write_line(f"  of which {name}: {seconds:.1f} s")
