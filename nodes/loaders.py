@@ -15,6 +15,12 @@ from . import host
 from .common import CATEGORY
 
 
+def load_checked(path: str, source: str, read_state_dict) -> tuple:
+    """(MODEL, CLIP, VAE) of an InstructPix2Pix model; others are refused before their weights are read."""
+    model_family.require_edit_model(checkpoint.inspect_model(path), source)
+    return load_state_dict(read_state_dict(path), source)
+
+
 def load_state_dict(state_dict: dict, source: str):
     """(MODEL, CLIP, VAE) from an original-layout state dict, refusing non-InstructPix2Pix models."""
     loaded = comfy.sd.load_state_dict_guess_config(
@@ -27,16 +33,19 @@ def load_state_dict(state_dict: dict, source: str):
     return model, clip, vae
 
 
-class IP2PCheckpointLoader:
+class _Loader:
+    CATEGORY = f"{CATEGORY}/loaders"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+
+
+class IP2PCheckpointLoader(_Loader):
     NODE_ID = "IP2PCheckpointLoader"
     DISPLAY_NAME = "Load InstructPix2Pix Checkpoint"
     DESCRIPTION = (
         "Loads an InstructPix2Pix single-file checkpoint (.safetensors, or .ckpt without running any code in it) "
         "from models/checkpoints and refuses models that are not InstructPix2Pix."
     )
-    CATEGORY = f"{CATEGORY}/loaders"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -52,20 +61,16 @@ class IP2PCheckpointLoader:
     @classmethod
     def execute(cls, ckpt_name):
         path = host.full_path("checkpoints", ckpt_name)
-        model_family.require_edit_model(checkpoint.inspect_model(path), ckpt_name)
-        return load_state_dict(checkpoint.load_single_file(path), ckpt_name)
+        return load_checked(path, ckpt_name, checkpoint.load_single_file)
 
 
-class IP2PDiffusersLoader:
+class IP2PDiffusersLoader(_Loader):
     NODE_ID = "IP2PDiffusersLoader"
     DISPLAY_NAME = "Load InstructPix2Pix (diffusers folder)"
     DESCRIPTION = (
         "Loads an InstructPix2Pix model saved as a diffusers folder (unet/, vae/, text_encoder/, ...) from "
         "models/diffusers, e.g. the trainer's output or timbrooks/instruct-pix2pix."
     )
-    CATEGORY = f"{CATEGORY}/loaders"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -78,5 +83,4 @@ class IP2PDiffusersLoader:
     @classmethod
     def execute(cls, model_path):
         path = host.diffusers_folder_path(model_path)
-        model_family.require_edit_model(checkpoint.inspect_model(path), model_path)
-        return load_state_dict(checkpoint.load_diffusers_as_original(path), model_path)
+        return load_checked(path, model_path, checkpoint.load_diffusers_as_original)

@@ -89,6 +89,12 @@ def sampler_inputs() -> dict:
     }
 
 
+MODEL_IMAGE_INPUTS = {
+    "model": ("MODEL", {"tooltip": "An InstructPix2Pix model (8-channel UNet)."}),
+    "vae": ("VAE", {"tooltip": "The model's VAE."}),
+    "image": ("IMAGE", {"tooltip": "The image(s) to edit."}),
+}
+
 TEXT_INPUTS = {
     "instruction": (
         "STRING",
@@ -130,9 +136,7 @@ class IP2PKSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An InstructPix2Pix model (8-channel UNet)."}),
-                "vae": ("VAE", {"tooltip": "The model's VAE."}),
-                "image": ("IMAGE", {"tooltip": "The image(s) to edit."}),
+                **MODEL_IMAGE_INPUTS,
                 **TEXT_INPUTS,
                 **SAMPLING_INPUTS,
                 "text_cfg": cfg_input(guidance.DEFAULT_TEXT_CFG, "How strongly to follow the instruction (s_T)."),

@@ -8,6 +8,7 @@ from ..ip2p import grid
 from . import host
 from .common import CATEGORY, RESIZE_INPUTS, image_to_working_size
 from .sampler import (
+    MODEL_IMAGE_INPUTS,
     OPTIONAL_COND_INPUTS,
     SAMPLING_INPUTS,
     TEXT_INPUTS,
@@ -34,9 +35,7 @@ class IP2PGuidanceSweep:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An InstructPix2Pix model (8-channel UNet)."}),
-                "vae": ("VAE", {"tooltip": "The model's VAE."}),
-                "image": ("IMAGE", {"tooltip": "The image(s) to edit."}),
+                **MODEL_IMAGE_INPUTS,
                 **TEXT_INPUTS,
                 **SAMPLING_INPUTS,
                 "text_cfg_values": (

@@ -98,16 +98,22 @@ def saved_images(server, entry: dict, node_id: str) -> list[Image.Image]:
 
 
 # --------------------------------------------------------------------------------------------
-# What each workflow must produce, from its own graph: (node id, count, (width, height)) per output.
+# What each workflow must save, given the input image's size. A flat image would mean NaNs or a
+# dead branch somewhere (random weights give noise, never one colour).
 
 
 def edit_size(input_size: tuple[int, int]) -> tuple[int, int]:
     return sizing.working_size(*input_size, "paper", TEST_MAX_SIDE)
 
 
+def is_flat(image: Image.Image) -> bool:
+    return all(low == high for low, high in image.getextrema())
+
+
 def check_single_edit(server, entry: dict, prompt: dict, input_size: tuple[int, int]) -> None:
     (image,) = saved_images(server, entry, node_id_of(prompt, "SaveImage"))
     assert image.size == edit_size(input_size)
+    assert not is_flat(image)
 
 
 def check_sweep(server, entry: dict, prompt: dict, input_size: tuple[int, int]) -> None:
@@ -120,6 +126,7 @@ def check_sweep(server, entry: dict, prompt: dict, input_size: tuple[int, int]) 
     assert grid_image.width > cols * cell_w  # plus the label column
     edits = saved_images(server, entry, node_id_of(prompt, "PreviewImage"))
     assert [e.size for e in edits] == [(cell_w, cell_h)] * (rows * cols)
+    assert not any(is_flat(e) for e in edits)
 
 
 EXPECTED_OUTPUTS = {
@@ -290,6 +297,25 @@ def test_native_ip2p_graph_runs_on_the_random_checkpoint(
     assert image.size == input_image[1]  # the native nodes edit at the input size
 
 
+def test_diffusers_folder_edits_exactly_like_the_same_single_file(
+    server, run_workflow, models: dict[str, str], input_image: tuple[str, tuple[int, int]]
+) -> None:
+    """The same weights saved both ways give the same pixels (same seed, same deterministic CPU maths)."""
+    basic = WORKFLOWS_DIR / "ip2p_basic_edit.api.json"
+    single_entry, single_prompt = run_workflow(basic)
+    assert_succeeded(single_entry)
+    prompt = copy.deepcopy(single_prompt)
+    loader_id = node_id_of(prompt, "IP2PCheckpointLoader")
+    prompt[loader_id] = {"class_type": "IP2PDiffusersLoader", "inputs": {"model_path": models["ip2p_diffusers"]}}
+    entry = server.run(prompt)
+    assert_succeeded(entry)
+    save_id = node_id_of(prompt, "SaveImage")
+    (from_folder,) = saved_images(server, entry, save_id)
+    (from_file,) = saved_images(server, single_entry, save_id)
+    assert from_folder.size == edit_size(input_image[1])
+    assert from_folder.tobytes() == from_file.tobytes()
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 
@@ -330,22 +356,3 @@ def test_checkout_is_left_unchanged(
         pytest.skip(f"{comfyui_path} is not a git work tree, so its state cannot be compared")
     assert_succeeded(run_workflow(WORKFLOWS_DIR / "ip2p_basic_edit.api.json")[0])
     assert checkout_state(comfyui_path) == checkout_before
-
-
-def test_diffusers_folder_edits_exactly_like_the_same_single_file(
-    server, run_workflow, models: dict[str, str], input_image: tuple[str, tuple[int, int]]
-) -> None:
-    """The same weights saved both ways give the same pixels (same seed, same deterministic CPU maths)."""
-    basic = WORKFLOWS_DIR / "ip2p_basic_edit.api.json"
-    single_entry, single_prompt = run_workflow(basic)
-    assert_succeeded(single_entry)
-    prompt = copy.deepcopy(single_prompt)
-    loader_id = node_id_of(prompt, "IP2PCheckpointLoader")
-    prompt[loader_id] = {"class_type": "IP2PDiffusersLoader", "inputs": {"model_path": models["ip2p_diffusers"]}}
-    entry = server.run(prompt)
-    assert_succeeded(entry)
-    save_id = node_id_of(prompt, "SaveImage")
-    (from_folder,) = saved_images(server, entry, save_id)
-    (from_file,) = saved_images(server, single_entry, save_id)
-    assert from_folder.size == edit_size(input_image[1])
-    assert from_folder.tobytes() == from_file.tobytes()
