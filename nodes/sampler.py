@@ -36,13 +36,12 @@ def resolve_conditioning(clip, instruction: str, negative: str, positive_cond, n
 
 @torch.no_grad()
 def sample_edit(
-    model, vae, pixels, positive, negative, *, seed, steps, text_cfg, image_cfg, sampler_name, scheduler, denoise
+    model, image_latent, positive, negative, *, seed, steps, text_cfg, image_cfg, sampler_name, scheduler, denoise
 ):
-    """Sample the edit of BHWC ``pixels`` (already at working size); returns the raw latent."""
+    """Sample the edit of the input whose (unscaled, mode) latent is ``image_latent``; returns the raw latent."""
     guidance.validate_scales(text_cfg, image_cfg)
     if steps < 1:
         raise IP2PError(f"steps is {steps}; give at least 1 (the paper uses 100).")
-    image_latent = host.encode_mode(vae, pixels)
     positive, negative = attach_image(positive, negative, image_latent)
     guider = make_guider(model, positive, negative, text_cfg, image_cfg)
     # At full denoise start from pure noise, as ComfyUI's native graph does; below 1, from the input image.
@@ -167,8 +166,10 @@ class IP2PKSampler:
             return image, {"samples": host.encode_mode(vae, image_to_working_size(image, "keep", max_side))}
         pixels = image_to_working_size(image, resize, max_side)
         positive, negative_cond = resolve_conditioning(clip, instruction, negative, positive, negative_conditioning)
+        with torch.no_grad():
+            image_latent = host.encode_mode(vae, pixels)
         samples = sample_edit(
-            model, vae, pixels, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
+            model, image_latent, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
             image_cfg=image_cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
         )  # fmt: skip
         with torch.no_grad():

@@ -59,6 +59,8 @@ class IP2PGuidanceSweep:
         text_values = grid.parse_scales(text_cfg_values, "text_cfg_values")
         image_values = grid.parse_scales(image_cfg_values, "image_cfg_values")
         pixels = image_to_working_size(image, resize, max_side)
+        with torch.no_grad():
+            image_latent = host.encode_mode(vae, pixels)  # once for every cell
         positive, negative_cond = resolve_conditioning(clip, instruction, negative, positive, negative_conditioning)
         bar = host.progress_bar(len(text_values) * len(image_values))
         edits = []  # [cell][batch] → BHWC
@@ -66,7 +68,7 @@ class IP2PGuidanceSweep:
             for image_cfg in image_values:
                 host.throw_if_interrupted()
                 samples = sample_edit(
-                    model, vae, pixels, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
+                    model, image_latent, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
                     image_cfg=image_cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=1.0,
                 )  # fmt: skip
                 with torch.no_grad():
