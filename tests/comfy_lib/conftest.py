@@ -281,6 +281,17 @@ def _build_random_sd15_ip2p():
     return build_random_model(size="sd15", in_channels=8, seed=0, dtype=torch.float16)
 
 
+def _build_and_save(save, path: Path, label: str) -> Path:
+    """Build the random model, ``save(model, path)``, free it, and record the cost under ``label``."""
+    start = time.perf_counter()
+    model = _build_random_sd15_ip2p()
+    save(model, path)
+    del model
+    _release_memory()
+    _timings[f"build + save {label}"] = time.perf_counter() - start
+    return path
+
+
 @pytest.fixture(scope="session")
 def sd15_ip2p_checkpoint(comfy_host) -> Path:
     """A random SD 1.5-architecture InstructPix2Pix model as an original-layout fp16 single file (≈ 2 GB).
@@ -291,13 +302,7 @@ def sd15_ip2p_checkpoint(comfy_host) -> Path:
     from ip2p.loading import save_single_file
 
     path = comfy_host.folder("checkpoints") / "sd15_ip2p_random.safetensors"
-    start = time.perf_counter()
-    model = _build_random_sd15_ip2p()
-    save_single_file(model, path)
-    del model
-    _release_memory()
-    _timings["build + save sd15_ip2p_checkpoint"] = time.perf_counter() - start
-    return path
+    return _build_and_save(save_single_file, path, "sd15_ip2p_checkpoint")
 
 
 @pytest.fixture(scope="session")
@@ -306,13 +311,7 @@ def sd15_ip2p_diffusers_dir(comfy_host) -> Path:
     from ip2p.loading import save_diffusers
 
     path = comfy_host.folder("diffusers") / "sd15_ip2p_random"
-    start = time.perf_counter()
-    model = _build_random_sd15_ip2p()
-    save_diffusers(model, path)
-    del model
-    _release_memory()
-    _timings["build + save sd15_ip2p_diffusers_dir"] = time.perf_counter() - start
-    return path
+    return _build_and_save(save_diffusers, path, "sd15_ip2p_diffusers_dir")
 
 
 # --- the cost of this suite, for the terminal summary ---
