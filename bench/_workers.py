@@ -210,8 +210,8 @@ def build(params: dict) -> dict:
     """Build the random SD 1.5-architecture InstructPix2Pix model once and save what the figures load."""
     import torch
 
-    from ip2p.loading import save_diffusers, save_single_file
-    from ip2p.random_model import build_random_model
+    from ip2p.headless.export import save_diffusers, save_single_file
+    from ip2p.headless.random_model import build_random_model
 
     start = time.perf_counter()
     model = build_random_model("sd15", in_channels=8, seed=params["seed"], dtype=torch.float32)
@@ -226,7 +226,7 @@ def build(params: dict) -> dict:
 
 
 def _edit_settings(params: dict, steps: int):
-    from ip2p.editor import EditSettings
+    from ip2p.headless.editor import EditSettings
 
     return EditSettings(
         instruction=INSTRUCTION,
@@ -242,7 +242,7 @@ def _edit_settings(params: dict, steps: int):
 
 
 def _load_ours(params: dict):
-    from ip2p.loading import load_edit_model
+    from ip2p.headless.loading import load_edit_model
 
     return load_edit_model(params["model"], device=params["device"], dtype=torch_dtype(params["dtype"]))
 
@@ -250,7 +250,7 @@ def _load_ours(params: dict):
 def edit_side(params: dict) -> dict:
     """One side of figure 1: load the saved folder, warm up, time one edit; report time and peak memory.
 
-    ``params["side"]`` is "ours" (ip2p.editor.edit) or "diffusers" (StableDiffusionInstructPix2PixPipeline
+    ``params["side"]`` is "ours" (ip2p.headless.editor.edit) or "diffusers" (StableDiffusionInstructPix2PixPipeline
     with its own EulerAncestralDiscreteScheduler), both on the same folder, seed, image and settings.
     """
     import torch
@@ -259,7 +259,7 @@ def edit_side(params: dict) -> dict:
     image = test_image(size).to(device)
     start = time.perf_counter()
     if params["side"] == "ours":
-        from ip2p.editor import edit
+        from ip2p.headless.editor import edit
 
         model = _load_ours(params)
 
@@ -324,7 +324,7 @@ def step_ratio(params: dict) -> dict:
     """Figure 2: time per sampling step at image_cfg = 1 (2 branches) and 1.5 (3 branches), interleaved."""
     import torch
 
-    from ip2p.editor import edit
+    from ip2p.headless.editor import edit
 
     device, size, steps, noise = params["device"], params["size"], params["steps"], Noise(**params["noise"])
     model = _load_ours(params)
@@ -369,7 +369,7 @@ def speed(params: dict) -> dict:
     """Figure 4: seconds per edit with our editor on the GPU (dtype, eager or torch.compile)."""
     import torch
 
-    from ip2p.editor import edit
+    from ip2p.headless.editor import edit
 
     device, size, steps, noise = params["device"], params["size"], params["steps"], Noise(**params["noise"])
     model = _load_ours(params)

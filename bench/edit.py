@@ -3,7 +3,7 @@
 Every figure is a ratio against a reference measured in the same run, on the same random
 full-SD 1.5-architecture InstructPix2Pix model (built once per run, saved to a temporary folder):
 
-1. headless edit (ip2p.editor.edit) ÷ diffusers' StableDiffusionInstructPix2PixPipeline: time of one
+1. headless edit (ip2p.headless.editor.edit) ÷ diffusers' StableDiffusionInstructPix2PixPipeline: time of one
    edit (goal ≤ 1.00) and peak RSS (goal ≤ 1.00). Each side runs in its own process (peak memory is
    per process), loading the same diffusers folder; processes alternate ours, diffusers, ours, ...
 2. image_cfg = 1 ÷ image_cfg = 1.5, time per sampling step, headless (goal ≤ 0.75: the UNet batch
@@ -284,7 +284,7 @@ class Bench:
                 "headless_edit_time_vs_diffusers",
                 "ratio of median edit seconds (ours / diffusers)",
                 1.00,
-                side("ip2p.editor.edit", seconds["ours"], "s"),
+                side("ip2p.headless.editor.edit", seconds["ours"], "s"),
                 side("diffusers StableDiffusionInstructPix2PixPipeline", seconds["diffusers"], "s"),
                 settings,
                 **counts,
@@ -302,7 +302,7 @@ class Bench:
                     f"headless_peak_{short}_vs_diffusers",
                     f"ratio of median {what} per process (ours / diffusers)",
                     1.00,
-                    side("ip2p.editor.edit process", peaks["ours"], "bytes"),
+                    side("ip2p.headless.editor.edit process", peaks["ours"], "bytes"),
                     side("diffusers pipeline process", peaks["diffusers"], "bytes"),
                     settings,
                 )

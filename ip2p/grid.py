@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import IP2PError
-from .guidance import validate_scales
+from .guidance import check_scale
 
 LABEL_HEIGHT = 24  # px of the header row
 LABEL_WIDTH = 96  # px of the label column
@@ -27,11 +27,7 @@ def parse_scales(text: str, name: str) -> list[float]:
             value = float(part)
         except ValueError:
             raise IP2PError(f"{name} has {part!r}, which is not a number; write values like '5, 7.5, 10'.") from None
-        try:
-            validate_scales(value, value)
-        except IP2PError as error:
-            raise IP2PError(f"{name}: {error}") from None
-        values.append(value)
+        values.append(check_scale(name, value))
     if len(values) > MAX_SWEEP_VALUES:
         raise IP2PError(f"{name} has {len(values)} values; a sweep takes at most {MAX_SWEEP_VALUES} per axis.")
     return values

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .atomic import atomic_file
 from .errors import IP2PError
+from .formats.atomic import atomic_file
 from .sizing import DEFAULT_MAX_INPUT_SIDE, check_input_size
 
 METADATA_KEY = "ip2p"  # PNG text chunk holding the settings as JSON

@@ -1,8 +1,7 @@
 """Dual guidance as a ComfyUI GUIDER, and the conditioning that attaches the input image.
 
-The guider runs the branches that :func:`ip2p.guidance.branches_needed` asks for in one
-``calc_cond_batch`` call and combines them with :func:`ip2p.guidance.combine`, the function the
-headless backend uses too. ComfyUI's guiders see denoised predictions rather than noise; the
+The guider runs the branches that its :class:`ip2p.guidance.Guidance` needs in one
+``calc_cond_batch`` call and combines them with that value, as the headless backend does. ComfyUI's guiders see denoised predictions rather than noise; the
 formula's weights sum to one, so combining either gives the same step.
 """
 
@@ -61,14 +60,12 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
         )
 
     def set_cfg(self, text_cfg: float, image_cfg: float):
-        guidance.validate_scales(text_cfg, image_cfg)
-        self.text_cfg = text_cfg
-        self.image_cfg = image_cfg
-        self.cfg = text_cfg  # read by hooks that look at guider.cfg
+        self.guidance = guidance.Guidance(text_cfg, image_cfg)
+        self.cfg = self.guidance.text_cfg  # read by hooks that look at guider.cfg
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's signature)
         cond_keys = {Branch.FULL: "positive", Branch.IMAGE: "negative", Branch.UNCOND: "uncond"}
-        needed = guidance.branches_needed(self.text_cfg, self.image_cfg)
+        needed = self.guidance.branches
         conds = [self.conds.get(cond_keys[b]) if b in needed else None for b in guidance.BRANCH_ORDER]
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
@@ -76,7 +73,7 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
                 {
                     "conds": conds,
                     "conds_out": out,
-                    "cond_scale": self.text_cfg,
+                    "cond_scale": self.guidance.text_cfg,
                     "timestep": timestep,
                     "input": x,
                     "sigma": timestep,
@@ -85,9 +82,9 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
                 }
             )
         predictions = dict(zip(guidance.BRANCH_ORDER, out, strict=True))
-        result = guidance.combine(predictions, self.text_cfg, self.image_cfg)
+        result = self.guidance.combine(predictions)
         # Keep the user's post-CFG hooks (RescaleCFG, ...), as ComfyUI's own cfg_function would.
-        weakest = Branch.UNCOND if Branch.UNCOND in needed else Branch.IMAGE if Branch.IMAGE in needed else Branch.FULL
+        weakest = self.guidance.weakest
         for fn in model_options.get("sampler_post_cfg_function", []):
             result = fn(
                 {

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import comfy.sd
 
-from ..ip2p import checkpoint, model_family
+from ..ip2p import model_family
 from ..ip2p.errors import IP2PError
+from ..ip2p.formats import checkpoint, convert
 from . import host
 from .common import CATEGORY
 
@@ -83,4 +84,4 @@ class IP2PDiffusersLoader(_Loader):
     @classmethod
     def execute(cls, model_path):
         path = host.diffusers_folder_path(model_path)
-        return load_checked(path, model_path, checkpoint.load_diffusers_as_original)
+        return load_checked(path, model_path, convert.load_diffusers_as_original)

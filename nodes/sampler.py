@@ -39,7 +39,7 @@ def sample_edit(
     model, image_latent, positive, negative, *, seed, steps, text_cfg, image_cfg, sampler_name, scheduler, denoise
 ):
     """Sample the edit of the input whose (unscaled, mode) latent is ``image_latent``; returns the raw latent."""
-    guidance.validate_scales(text_cfg, image_cfg)
+    guidance.Guidance(text_cfg, image_cfg)  # checked before anything is encoded
     if steps < 1:
         raise IP2PError(f"steps is {steps}; give at least 1 (the paper uses 100).")
     positive, negative = attach_image(positive, negative, image_latent)

@@ -5,7 +5,7 @@ open_clip_torch, with --no-deps, into the venv); this step then makes DIR usable
 
 - notcomfy ships no data files, so ``comfy/sd1_clip_config.json`` (the CLIP ViT-L/14 text encoder's
   hyper-parameters, written from the published values below) and ``comfy/sd1_tokenizer/`` (the real
-  CLIP BPE vocabulary, derived by ``ip2p.clip_tokenizer`` from the ``bpe_simple_vocab_16e6.txt.gz``
+  CLIP BPE vocabulary, derived by ``ip2p.formats.tokenizer`` from the ``bpe_simple_vocab_16e6.txt.gz``
   that the installed open_clip package carries) are written here.
 - notcomfy also installs ComfyUI's server-side top-level folders (``tests``, ``utils``, ``models``,
   ``app``, ``input``, ...). Only ``comfy``, ``comfy_extras`` and ``comfy_execution`` form the library,
@@ -23,7 +23,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ip2p.clip_tokenizer import OPEN_CLIP_BPE, clip_vocab_from_bpe_list, write_tokenizer_files
+from ip2p.formats.tokenizer import OPEN_CLIP_BPE, clip_vocab_from_bpe_list, write_tokenizer_files
 
 logger = logging.getLogger("comfy_lib_host")
 

@@ -276,7 +276,7 @@ def _one_model_at_a_time():
 
 def _build_random_sd15_ip2p():
     """Built straight in fp16 (the saved dtype): the peak memory stays near one fp32 UNet."""
-    from ip2p.random_model import build_random_model
+    from ip2p.headless.random_model import build_random_model
 
     return build_random_model(size="sd15", in_channels=8, seed=0, dtype=torch.float16)
 
@@ -299,7 +299,7 @@ def sd15_ip2p_checkpoint(comfy_host) -> Path:
     Built once per run, in the ``checkpoints`` folder (``folder_paths`` lists it); the model
     itself is freed after saving. Deterministic: ``build_random_model(size="sd15", seed=0)`` in fp16.
     """
-    from ip2p.loading import save_single_file
+    from ip2p.headless.export import save_single_file
 
     path = comfy_host.folder("checkpoints") / "sd15_ip2p_random.safetensors"
     return _build_and_save(save_single_file, path, "sd15_ip2p_checkpoint")
@@ -308,7 +308,7 @@ def sd15_ip2p_checkpoint(comfy_host) -> Path:
 @pytest.fixture(scope="session")
 def sd15_ip2p_diffusers_dir(comfy_host) -> Path:
     """The same random model as ``sd15_ip2p_checkpoint`` (same seed), as an fp16 diffusers folder."""
-    from ip2p.loading import save_diffusers
+    from ip2p.headless.export import save_diffusers
 
     path = comfy_host.folder("diffusers") / "sd15_ip2p_random"
     return _build_and_save(save_diffusers, path, "sd15_ip2p_diffusers_dir")

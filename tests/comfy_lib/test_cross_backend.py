@@ -38,8 +38,8 @@ def comfy_result(pack, sd15_ip2p_checkpoint):
 
 
 def test_the_node_and_the_headless_editor_give_the_same_edit(comfy_result, sd15_ip2p_checkpoint):
-    from ip2p.editor import EditSettings, edit
-    from ip2p.loading import load_edit_model
+    from ip2p.headless.editor import EditSettings, edit
+    from ip2p.headless.loading import load_edit_model
 
     image, edited, noise, sigmas = comfy_result
     model = load_edit_model(sd15_ip2p_checkpoint)

@@ -108,8 +108,8 @@ def test_checkpoint_loader_lists_and_loads_an_instructpix2pix_file(nodes, loaded
 
 
 def test_checkpoint_loader_refuses_a_4_channel_model_before_loading_it(nodes, errors, comfy_host):
-    from ip2p.loading import save_single_file
-    from ip2p.random_model import build_random_model
+    from ip2p.headless.export import save_single_file
+    from ip2p.headless.random_model import build_random_model
 
     path = comfy_host.folder("checkpoints") / "tiny_base.safetensors"
     save_single_file(build_random_model("tiny", in_channels=4), path)

@@ -12,17 +12,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ip2p import checkpoint
-from ip2p.checkpoint import (
+from ip2p.errors import IP2PError
+from ip2p.formats import hashing
+from ip2p.formats.checkpoint import (
     convert_ckpt_to_safetensors,
     detect_format,
     inspect_model,
     load_single_file,
     missing_diffusers_components,
-    model_hash,
     read_unet_facts,
 )
-from ip2p.errors import IP2PError
+from ip2p.formats.hashing import model_hash
 from ip2p.model_family import COSXL_EDIT, SD15_BASE, SD15_IP2P, SDXL_IP2P
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -343,7 +343,7 @@ def test_model_hash_is_remembered_while_the_file_is_unchanged(tmp_path, monkeypa
     monkeypatch.setenv("IP2P_CACHE_DIR", str(tmp_path / "cache"))
     path = write_safetensors(tmp_path / "m.safetensors", original_weights())
     first = model_hash(path)
-    monkeypatch.setattr(checkpoint, "_chunks", lambda file: pytest.fail("re-read an unchanged file"))
+    monkeypatch.setattr(hashing, "_chunks", lambda file: pytest.fail("re-read an unchanged file"))
     assert model_hash(path) == first
 
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from ip2p import clip_tokenizer
-from ip2p.clip_tokenizer import (
+from ip2p.errors import IP2PError
+from ip2p.formats import tokenizer as clip_tokenizer
+from ip2p.formats.tokenizer import (
     ENV_TOKENIZER,
     bytes_to_unicode,
     clip_vocab_from_bpe_list,
@@ -17,7 +18,6 @@ from ip2p.clip_tokenizer import (
     tokenizer_from_open_clip,
     write_synthetic_clip_tokenizer,
 )
-from ip2p.errors import IP2PError
 
 
 @pytest.fixture(autouse=True)

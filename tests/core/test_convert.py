@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ip2p.convert import (
+from ip2p.errors import IP2PError
+from ip2p.formats.convert import (
     infer_text_config,
     split_original,
     text_original_to_diffusers,
@@ -14,7 +15,6 @@ from ip2p.convert import (
     vae_diffusers_to_original,
     vae_original_to_diffusers,
 )
-from ip2p.errors import IP2PError
 
 # Two levels, one resnet per level, attention on the first level only (the tiny test layout).
 TINY_UNET = {

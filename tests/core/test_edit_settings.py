@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from ip2p.editor import EditSettings
 from ip2p.errors import IP2PError
+from ip2p.headless.editor import EditSettings
 
 
 def test_defaults_are_the_papers():

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from ip2p.errors import IP2PError
-from ip2p.guidance import BRANCH_ORDER, Branch, branches_needed, combine, combine_batch
+from ip2p.guidance import BRANCH_ORDER, MAX_CFG, Branch, Guidance
+
+
+def combine(predictions, s_t, s_i):
+    return Guidance(s_t, s_i).combine(predictions)
+
+
+def branches_needed(text_cfg, image_cfg):
+    return Guidance(text_cfg, image_cfg).branches
 
 
 def paper_formula(full, image, uncond, s_t, s_i):
@@ -68,7 +76,7 @@ def test_one_branch_shortcut_equals_the_full_formula(predictions):
 
 def test_combine_batch_reads_the_branches_in_batch_order(predictions):
     batched = torch.cat([predictions[b] for b in BRANCH_ORDER])
-    torch.testing.assert_close(combine_batch(batched, BRANCH_ORDER, 7.5, 1.5), combine(predictions, 7.5, 1.5))
+    torch.testing.assert_close(Guidance(7.5, 1.5).combine_batch(batched), combine(predictions, 7.5, 1.5))
 
 
 def test_missing_branch_is_a_programming_error(predictions):
@@ -76,9 +84,21 @@ def test_missing_branch_is_a_programming_error(predictions):
         combine({Branch.FULL: predictions[Branch.FULL], Branch.IMAGE: predictions[Branch.IMAGE]}, 7.5, 1.5)
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -0.5])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -0.5, MAX_CFG + 1, True, "7.5"])
 @pytest.mark.parametrize("which", ["text_cfg", "image_cfg"])
 def test_unusable_scales_are_refused_with_the_scale_named(bad, which):
     scales = {"text_cfg": 7.5, "image_cfg": 1.5, which: bad}
     with pytest.raises(IP2PError, match=which):
         branches_needed(**scales)
+
+
+def test_scales_are_stored_as_floats_once_checked():
+    value = Guidance(7, 1)
+    assert (value.text_cfg, value.image_cfg) == (7.0, 1.0)
+    assert isinstance(value.text_cfg, float)
+
+
+def test_the_weakest_branch_is_the_last_one_computed():
+    assert Guidance(7.5, 1.5).weakest is Branch.UNCOND
+    assert Guidance(7.5, 1.0).weakest is Branch.IMAGE
+    assert Guidance(1.0, 1.0).weakest is Branch.FULL

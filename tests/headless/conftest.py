@@ -7,8 +7,8 @@ import os
 import pytest
 
 # The headless extra (diffusers, transformers) is part of the test install: a missing one fails here.
-from ip2p.loading import save_diffusers, save_single_file
-from ip2p.random_model import build_random_model
+from ip2p.headless.export import save_diffusers, save_single_file
+from ip2p.headless.random_model import build_random_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub from the tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ip2p import cli, editor
-from ip2p.checkpoint import model_hash
+from ip2p import cli
+from ip2p.formats.hashing import model_hash
+from ip2p.headless import editor
 from ip2p.images import read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ def _expect_user_error(capsys, argv: list[str], out: Path, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def base_single_file(tiny_base_model, tmp_path_factory):
-    from ip2p.loading import save_single_file
+    from ip2p.headless.export import save_single_file
 
     return save_single_file(tiny_base_model, tmp_path_factory.mktemp("base") / "tiny-base.safetensors")
 

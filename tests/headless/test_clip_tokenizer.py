@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ip2p.clip_tokenizer import (
+from ip2p.errors import IP2PError
+from ip2p.formats.tokenizer import (
     OPEN_CLIP_BPE,
     load_clip_tokenizer,
     tokenizer_from_open_clip,
     write_synthetic_clip_tokenizer,
 )
-from ip2p.errors import IP2PError
-from ip2p.loading import save_tokenizer
+from ip2p.headless.export import save_tokenizer
 
 WHEELS = Path("/work/wheels")  # a developer machine's local wheel cache, used when open_clip is not installed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ip2p.cli import main
-from ip2p.demo import DEMO_INSTRUCTION, DEMO_SIZE
+from ip2p.cli.demo import DEMO_INSTRUCTION, DEMO_SIZE
 from ip2p.images import read_metadata
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from editor_fixtures import IMAGE_SIZE, make_image, record_unet
 
-from ip2p import guidance, schedulers
-from ip2p.editor import EditSettings, edit, encode_image_latent, encode_text
+from ip2p import guidance
 from ip2p.errors import IP2PError
+from ip2p.headless import schedulers
+from ip2p.headless.editor import EditSettings, edit, encode_image_latent, encode_text
 from ip2p.model_family import COSXL_EDIT
 
 STEPS = 2
@@ -25,11 +26,7 @@ def _settings(**change) -> EditSettings:
 def _always_three_branches(monkeypatch):
     """Make guidance use the full formula even where a shortcut applies (the reference)."""
 
-    def full(text_cfg, image_cfg):
-        guidance.validate_scales(text_cfg, image_cfg)
-        return guidance.BRANCH_ORDER
-
-    monkeypatch.setattr(guidance, "branches_needed", full)
+    monkeypatch.setattr(guidance.Guidance, "branches", property(lambda self: guidance.BRANCH_ORDER))
 
 
 # -- what comes back -------------------------------------------------------------------------

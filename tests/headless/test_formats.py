@@ -7,10 +7,13 @@ import shutil
 import pytest
 import torch
 
-from ip2p import convert
-from ip2p.checkpoint import model_hash, save_safetensors_atomic
 from ip2p.errors import IP2PError
-from ip2p.loading import canonical_text_state, load_edit_model, original_state_dict, save_diffusers, save_single_file
+from ip2p.formats import convert
+from ip2p.formats.checkpoint import save_safetensors_atomic
+from ip2p.formats.hashing import model_hash
+from ip2p.headless.components import canonical_text_state
+from ip2p.headless.export import original_state_dict, save_diffusers, save_single_file
+from ip2p.headless.loading import load_edit_model
 from ip2p.model_family import SD15_BASE, SD15_IP2P
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -206,7 +209,7 @@ def test_diffusers_pipeline_reads_our_folder(tiny_diffusers_dir):
 def test_full_size_sd15_converts_like_diffusers_and_infers_its_own_configs(tmp_path):
     """The one full-size check: SD 1.5 shapes, diffusers' converter as the oracle, configs read back."""
     single_file_utils = pytest.importorskip("diffusers.loaders.single_file_utils")
-    from ip2p.random_model import architecture_config, build_random_model
+    from ip2p.headless.random_model import architecture_config, build_random_model
 
     model = build_random_model("sd15", in_channels=8)
     original = original_state_dict(model)

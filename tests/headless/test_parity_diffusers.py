@@ -13,8 +13,8 @@ import pytest
 import torch
 from editor_fixtures import make_image
 
-from ip2p import schedulers
-from ip2p.editor import EditSettings, edit
+from ip2p.headless import schedulers
+from ip2p.headless.editor import EditSettings, edit
 
 TOLERANCE = 2 / 255  # per pixel, the promise
 STEPS = 3

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ip2p import schedulers
 from ip2p.errors import IP2PError
-from ip2p.random_model import sd15_scheduler_config
+from ip2p.headless import schedulers
+from ip2p.headless.random_model import sd15_scheduler_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "samplers.md"
 REQUIRED_SAMPLERS = (

@@ -267,8 +267,8 @@ def _run_builder(code: str, *args: str) -> None:
 
 BUILD_SD15 = """
 import sys, torch
-from ip2p.loading import save_diffusers, save_single_file
-from ip2p.random_model import build_random_model
+from ip2p.headless.export import save_diffusers, save_single_file
+from ip2p.headless.random_model import build_random_model
 model = build_random_model("sd15", dtype=torch.float16)
 save_single_file(model, sys.argv[1], dtype=torch.float16)
 save_diffusers(model, sys.argv[2])

@@ -4,17 +4,23 @@ Original (CompVis/ldm) single files hold ``model.diffusion_model.*`` (UNet),
 ``first_stage_model.*`` (VAE) and ``cond_stage_model.transformer.*`` (CLIP text encoder); diffusers
 keeps each part in its own module with other names. The UNet's index mapping is derived from
 its config (number of blocks, layers per block, which blocks have attention), so tiny test models
-and the full SD 1.5 architecture convert with the same code. torch only.
+and the full SD 1.5 architecture convert with the same code. torch and safetensors only: the
+ComfyUI nodes use it to read diffusers folders, which current ComfyUI cannot load for an 8-channel
+SD 1.5 UNet.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from .errors import IP2PError
+from ..errors import IP2PError
+from .checkpoint import detect_format, load_single_file
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -404,3 +410,51 @@ def diffusers_to_original(
     out.update({VAE_PREFIX + k: v for k, v in vae_diffusers_to_original(vae, vae_config).items()})
     out.update({TEXT_PREFIX + k: v for k, v in text_diffusers_to_original(text_encoder).items()})
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers folders without diffusers (for the ComfyUI nodes)
+
+
+def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    """All weights of one component folder (sharded or not, safetensors preferred, fp32 before variants)."""
+    directory = folder / component
+    files = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise IP2PError(
+            f"{folder} has no weights in {component}/ (expected *.safetensors or *.bin). "
+            f"Re-save or re-download the model folder."
+        )
+    preferred = [p for p in files if p.suffix == ".safetensors"] or files
+    plain = [p for p in preferred if len(p.name.split(".")) == 2] or preferred  # no ".fp16." variant
+    state: dict[str, torch.Tensor] = {}
+    for path in plain:
+        state.update(load_single_file(path))
+    return state
+
+
+def _component_config(folder: Path, component: str) -> dict:
+    try:
+        return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IP2PError(
+            f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder."
+        ) from exc
+
+
+def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A diffusers model folder as one original-layout state dict (what ComfyUI's loader reads).
+
+    Needs only torch and safetensors: current ComfyUI cannot load an 8-channel SD 1.5 diffusers
+    UNet itself, and the nodes must not depend on diffusers.
+    """
+    folder = Path(folder)
+    if detect_format(folder) != "diffusers":
+        raise IP2PError(f"{folder} is not a diffusers model folder (no model_index.json).")
+    return diffusers_to_original(
+        _component_weights(folder, "unet"),
+        _component_weights(folder, "vae"),
+        text_original_to_diffusers(_component_weights(folder, "text_encoder")),
+        _component_config(folder, "unet"),
+        _component_config(folder, "vae"),
+    )

@@ -17,9 +17,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..errors import IP2PError
 from .atomic import atomic_dir
 from .cache import cache_dir
-from .errors import IP2PError
 
 logger = logging.getLogger(__name__)
 

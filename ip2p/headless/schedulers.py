@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
-from .errors import IP2PError
-
-_INSTALL_HINT = "pip install 'comfyui-ip2p[headless]'"
+from ..errors import IP2PError
+from . import INSTALL_HINT
 
 
 @dataclass(frozen=True)
@@ -187,10 +186,10 @@ def _diffusers_class(name: str):
     try:
         import diffusers
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise IP2PError(f"Headless sampling needs diffusers, which is not installed: {_INSTALL_HINT}") from exc
+        raise IP2PError(f"Headless sampling needs diffusers, which is not installed: {INSTALL_HINT}") from exc
     cls = getattr(diffusers, name, None)
     if cls is None:
-        raise IP2PError(f"The installed diffusers {diffusers.__version__} has no {name}; upgrade it: {_INSTALL_HINT}")
+        raise IP2PError(f"The installed diffusers {diffusers.__version__} has no {name}; upgrade it: {INSTALL_HINT}")
     return cls
 
 
@@ -220,7 +219,7 @@ def make_scheduler(scheduler_config: dict, sampler: str, scheduler: str):
             return _euler_ancestral_on_sigma_schedule(config, schedule)
         raise IP2PError(
             f"The scheduler {scheduler!r} is not available for the sampler {sampler!r} in the installed diffusers. "
-            f"Use --scheduler normal, or upgrade diffusers: {_INSTALL_HINT}"
+            f"Use --scheduler normal, or upgrade diffusers: {INSTALL_HINT}"
         )
     try:
         instance = cls.from_config(config, **options)
@@ -230,7 +229,7 @@ def make_scheduler(scheduler_config: dict, sampler: str, scheduler: str):
         ) from exc
     if schedule.sigma_conversion and not instance.config.get(schedule.sigma_conversion):
         raise IP2PError(
-            f"The installed diffusers ignored {schedule.sigma_conversion} for {sampler!r}; upgrade it: {_INSTALL_HINT}"
+            f"The installed diffusers ignored {schedule.sigma_conversion} for {sampler!r}; upgrade it: {INSTALL_HINT}"
         )
     return instance
 

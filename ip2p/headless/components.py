@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model_family import ModelFamily
+import torch
+
+from ..model_family import ModelFamily
+
+# transformers 4.x keeps CLIPTextModel's weights under "text_model."; 5.x dropped the wrapper.
+TEXT_MODEL = "text_model."
 
 
 @dataclass
@@ -33,3 +38,16 @@ class EditModel:
     @property
     def latent_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
+
+
+def text_to_module_layout(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical ``text_model.*`` keys -> the keys this transformers version's CLIPTextModel uses
+    (transformers 5 dropped the ``text_model`` wrapper; 4.x has it)."""
+    if any(k.startswith(TEXT_MODEL) for k in module.state_dict()):
+        return state
+    return {k.removeprefix(TEXT_MODEL): v for k, v in state.items()}
+
+
+def canonical_text_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights under the classic ``text_model.*`` keys, whatever the transformers version."""
+    return {(k if k.startswith(TEXT_MODEL) else TEXT_MODEL + k): v for k, v in module.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Checkpoint files: which format a path is, reading weights safely, facts about the UNet, hashes.
+"""Checkpoint files: which format a path is, reading weights safely, facts about the UNet.
 
 torch and safetensors only (no diffusers), so the ComfyUI nodes can use it too.
 
@@ -10,21 +10,18 @@ name, and anything else is refused. There is no fallback to a full unpickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from ..errors import IP2PError
+from ..model_family import ModelFamily, classify
 from .atomic import atomic_file
-from .cache import read_json, update_json
-from .errors import IP2PError
-from .model_family import ModelFamily, classify
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +36,17 @@ UNET_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SDXL_MARKER_KEY = UNET_PREFIX + "label_emb.0.0.weight"  # SDXL's size/crop conditioning embedding
 CONTEXT_KEY = UNET_PREFIX + "input_blocks.{}.1.transformer_blocks.0.attn2.to_k.weight"
 EDM_VPRED_KEY = "edm_vpred.sigma_max"  # CosXL / CosXL-Edit mark their EDM v-prediction this way
-
-_HASH_CHUNK = 8 * 1024 * 1024
-_HASH_CACHE = "model_hashes.json"  # in the cache dir: weight-file identity -> hash
+# Our single files carry one safetensors metadata key (one key keeps the file bytes reproducible):
+# JSON {"configs": {"unet", "vae", "text_encoder", "scheduler"}, "tokenizer": "synthetic:<vocab>" or absent}.
+META_KEY = "ip2p"
+CONFIG_PARTS = ("unet", "vae", "text_encoder", "scheduler")
 
 
 # --------------------------------------------------------------------------------------------
 # Format detection
 
 
-def _require_exists(path: Path) -> None:
+def require_exists(path: Path) -> None:
     if not path.exists():
         raise IP2PError(
             f"Model not found: {path} does not exist. Pass the path of a .safetensors/.ckpt file or of a "
@@ -67,7 +65,7 @@ def missing_diffusers_components(folder: str | os.PathLike) -> list[str]:
 def detect_format(path: str | os.PathLike) -> str:
     """``"single_file"`` (original layout, one file) or ``"diffusers"`` (a model folder)."""
     path = Path(path)
-    _require_exists(path)
+    require_exists(path)
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / "unet").is_dir():
             return "diffusers"
@@ -188,7 +186,7 @@ def _corrupt(path: Path, detail: str) -> IP2PError:
 def load_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of an original-layout single file (``.safetensors``, or ``.ckpt``/``.pt``/``.pth``)."""
     path = Path(path)
-    _require_exists(path)
+    require_exists(path)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors.torch import load_file
@@ -234,17 +232,30 @@ def save_safetensors_atomic(
     return dst
 
 
-def convert_ckpt_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+def convert_ckpt_to_safetensors(
+    src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
     """Rewrite a pickled checkpoint's weights as ``.safetensors`` (default: beside it, same stem).
 
     Only tensors are kept (the state dict); training state such as optimizer and callbacks is dropped.
+    An existing ``dst`` is replaced only with ``overwrite``.
     """
     src = Path(src)
+    require_exists(src)
+    if src.is_dir() or src.suffix.lower() not in PICKLE_SUFFIXES:
+        raise IP2PError(
+            f"convert reads a pickled checkpoint ({', '.join(PICKLE_SUFFIXES)}), got {src}. "
+            f"A .safetensors file or a diffusers folder needs no conversion: load it directly."
+        )
     dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
     if dst.suffix.lower() not in SAFETENSORS_SUFFIXES:
         raise IP2PError(f"The converted file must end in .safetensors, got {dst}. Choose a .safetensors path.")
-    if dst.resolve() == src.resolve():
+    if dst.exists() and dst.resolve() == src.resolve():
         raise IP2PError(f"Source and destination are the same file ({src}). Choose another destination.")
+    if dst.exists() and not overwrite:
+        raise IP2PError(f"{dst} already exists. Pass --overwrite to replace it, or choose another --out.")
+    if dst.is_dir():
+        raise IP2PError(f"{dst} is a folder. Give the path of the .safetensors file to write.")
     tensors = load_single_file(src)
     logger.info("Writing %d tensors from %s to %s", len(tensors), src, dst)
     return save_safetensors_atomic(tensors, dst)
@@ -326,93 +337,43 @@ def inspect_model(path: str | os.PathLike) -> ModelFamily:
 
 
 # --------------------------------------------------------------------------------------------
-# Hashes
+# Our own metadata
 
 
-def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The weight files a model hash covers: the file itself, or a folder's weight files sorted by relative path."""
-    path = Path(path)
-    _require_exists(path)
-    if path.is_file():
-        return [path]
-    files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
-    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+def read_ip2p_metadata(path: str | os.PathLike) -> dict:
+    """The ``ip2p`` metadata of a single file this toolkit wrote ({} for other files).
 
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            yield chunk
-
-
-def model_hash(path: str | os.PathLike) -> str:
-    """sha256 of the weights (a file, or a folder's weight files in sorted order), first 12 hex digits."""
-    files = weight_files(path)
-    if not files:
-        raise IP2PError(
-            f"{path} holds no weight files ({', '.join(WEIGHT_SUFFIXES)}), so there is no model to hash. "
-            f"Check that the model was saved completely."
-        )
-    # Hashing gigabytes takes seconds: reuse the hash while every file keeps its size and mtime.
-    identity = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
-    key = hashlib.sha256(identity.encode()).hexdigest()
-    cached = read_json(_HASH_CACHE).get(key)
-    if isinstance(cached, str):
-        return cached
-    digest = hashlib.sha256()
-    for file in files:
-        for chunk in _chunks(file):
-            digest.update(chunk)
-    result = digest.hexdigest()[:12]
-    update_json(_HASH_CACHE, key, result)
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# diffusers folders without diffusers (for the ComfyUI nodes)
-
-
-def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
-    """All weights of one component folder (sharded or not, safetensors preferred, fp32 before variants)."""
-    directory = folder / component
-    files = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise IP2PError(
-            f"{folder} has no weights in {component}/ (expected *.safetensors or *.bin). "
-            f"Re-save or re-download the model folder."
-        )
-    preferred = [p for p in files if p.suffix == ".safetensors"] or files
-    plain = [p for p in preferred if len(p.name.split(".")) == 2] or preferred  # no ".fp16." variant
-    state: dict[str, torch.Tensor] = {}
-    for path in plain:
-        state.update(load_single_file(path))
-    return state
-
-
-def _component_config(folder: Path, component: str) -> dict:
-    try:
-        return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IP2PError(
-            f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder."
-        ) from exc
-
-
-def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A diffusers model folder as one original-layout state dict (what ComfyUI's loader reads).
-
-    Needs only torch and safetensors: current ComfyUI cannot load an 8-channel SD 1.5 diffusers
-    UNet itself, and the nodes must not depend on diffusers.
+    It decides how the file's modules are built, so a damaged entry is an error naming the file,
+    never a silent fallback to guessed configs.
     """
-    from .convert import diffusers_to_original, text_original_to_diffusers
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {}
+    from safetensors import safe_open
 
-    folder = Path(folder)
-    if detect_format(folder) != "diffusers":
-        raise IP2PError(f"{folder} is not a diffusers model folder (no model_index.json).")
-    return diffusers_to_original(
-        _component_weights(folder, "unet"),
-        _component_weights(folder, "vae"),
-        text_original_to_diffusers(_component_weights(folder, "text_encoder")),
-        _component_config(folder, "unet"),
-        _component_config(folder, "vae"),
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            raw = (handle.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises its own error type on bad headers
+        raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except ValueError as exc:
+        raise _bad_metadata(path, f"not JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise _bad_metadata(path, f"a JSON {type(metadata).__name__}, not an object")
+    configs = metadata.get("configs", {})
+    if not isinstance(configs, dict) or not all(isinstance(configs.get(k, {}), dict) for k in CONFIG_PARTS):
+        raise _bad_metadata(path, f"'configs' must map {', '.join(CONFIG_PARTS)} to JSON objects")
+    if not isinstance(metadata.get("tokenizer", ""), str):
+        raise _bad_metadata(path, "'tokenizer' must be text")
+    return metadata
+
+
+def _bad_metadata(path: Path, detail: str) -> IP2PError:
+    return IP2PError(
+        f"{path} has a damaged {META_KEY!r} metadata entry ({detail}). Re-export the model with this toolkit, "
+        f"or remove the entry to load it with configs inferred from the weights."
     )

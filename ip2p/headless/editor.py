@@ -5,7 +5,7 @@ It does what diffusers' ``StableDiffusionInstructPix2PixPipeline`` does, draw fo
 scheduler's steps), so the same seed with euler / euler_ancestral and scheduler "normal" gives
 the pipeline's image. It differs where the pipeline is wrong for this model: guidance is never
 switched off for ``image_cfg < 1`` or ``text_cfg <= 1``, the branches come from
-:func:`ip2p.guidance.branches_needed` (two or one when a scale is 1), the input-image latent follows
+:class:`ip2p.guidance.Guidance` (two or one when a scale is 1), the input-image latent follows
 the model family's scaling convention, and the image is sized by :mod:`ip2p.sizing`.
 """
 
@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import guidance, schedulers, sizing
+from .. import guidance, sizing
+from ..errors import IP2PError
+from ..guidance import Branch, Guidance
+from ..model_family import require_edit_model
+from . import schedulers
 from .components import EditModel
-from .errors import IP2PError
-from .guidance import Branch
-from .model_family import require_edit_model
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EditSettings:
                 raise IP2PError(f"{name} must be text, got {type(getattr(self, name)).__name__}.")
         if not _is_int(self.steps) or self.steps < 1:
             raise IP2PError(f"steps is {self.steps!r}; give a whole number of sampling steps ≥ 1 (the paper uses 100).")
-        guidance.validate_scales(self.text_cfg, self.image_cfg)
+        self.guidance()  # checks both scales
         schedulers.check_names(self.sampler, self.scheduler)
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise IP2PError(f"seed is {self.seed!r}; give a whole number from 0 to {MAX_SEED}.")
@@ -65,6 +66,10 @@ class EditSettings:
             raise IP2PError(f"max_side is {self.max_side!r}; the paper policy needs a whole number ≥ 64 (try 512).")
         if not _is_int(self.max_input_side) or self.max_input_side < sizing.MIN_SIDE:
             raise IP2PError(f"max_input_side is {self.max_input_side!r}; give a whole number ≥ {sizing.MIN_SIDE}.")
+
+    def guidance(self) -> Guidance:
+        """The two scales as one checked value."""
+        return Guidance(self.text_cfg, self.image_cfg)
 
     @property
     def is_empty(self) -> bool:
@@ -209,7 +214,8 @@ def edit(
     latents = _start_latents(model, shape, noise, generator, dtype, device)
     latents = latents * _start_sigma_scale(scheduler, sigmas)
 
-    branches = guidance.branches_needed(settings.text_cfg, settings.image_cfg)
+    guide = settings.guidance()
+    branches = guide.branches
     text_batch, image_batch = branch_inputs(branches, text, no_text, image_latent)
     step_kwargs = _step_kwargs(scheduler, generator)
 
@@ -219,7 +225,7 @@ def edit(
             scaled = scheduler.scale_model_input(latents, t)
             model_input = torch.cat([scaled.repeat(len(branches), 1, 1, 1), image_batch], dim=1)
             prediction = unet(model_input, t, encoder_hidden_states=text_batch, return_dict=False)[0]
-            guided = guidance.combine_batch(prediction, branches, settings.text_cfg, settings.image_cfg)
+            guided = guide.combine_batch(prediction)
             latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             if bar is not None:
                 bar.update()

@@ -20,10 +20,11 @@ from importlib import resources
 
 import torch
 
-from .clip_tokenizer import find_tokenizer_dir, load_clip_tokenizer, write_synthetic_clip_tokenizer
+from ..errors import IP2PError
+from ..formats.tokenizer import find_tokenizer_dir, load_clip_tokenizer, write_synthetic_clip_tokenizer
+from ..model_family import classify
+from . import libraries
 from .components import EditModel
-from .errors import IP2PError
-from .model_family import classify
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +54,6 @@ def architecture_config(size: str) -> dict:
 def sd15_scheduler_config() -> dict:
     """SD 1.5's noise schedule (scaled_linear 0.00085..0.012, 1000 steps, epsilon, leading spacing)."""
     return architecture_config("sd15")["scheduler"]
-
-
-def _headless_imports():
-    try:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-    except ImportError as exc:
-        raise IP2PError(
-            f"Building a model needs the headless extra ({exc}). Install it: pip install 'comfyui-ip2p[headless]'"
-        ) from exc
-    return UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig
 
 
 def _std(param: torch.Tensor) -> float:
@@ -120,7 +110,9 @@ def _materialise(module: torch.nn.Module, seed: int, dtype: torch.dtype) -> torc
 
 def build_modules(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple:
     """(unet, vae, text_encoder) with random weights from an :func:`architecture_config`-shaped dict."""
-    UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig = _headless_imports()
+    diffusers, transformers = libraries()
+    UNet2DConditionModel, AutoencoderKL = diffusers.UNet2DConditionModel, diffusers.AutoencoderKL
+    CLIPTextModel, CLIPTextConfig = transformers.CLIPTextModel, transformers.CLIPTextConfig
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config["unet"])
         vae = AutoencoderKL(**config["vae"])

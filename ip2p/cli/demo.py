@@ -1,4 +1,4 @@
-"""The embedded default job: ``ip2p edit`` end to end on a model built from configs.
+"""``ip2p demo``, the embedded default job: ``ip2p edit`` end to end on a model built from configs.
 
 Until the trainer's toy model exists, the default model is a *small model with random weights*:
 the demo proves the plumbing (build, save, load, dual-guidance sampling, PNG metadata), not the
@@ -7,6 +7,7 @@ quality of an edit — the output is noise shaped by random weights, and says so
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def render_input(size: int = DEMO_SIZE) -> Image.Image:
 
 def prepare(out_dir: Path) -> tuple[Path, Path]:
     """The random-weight model folder and the input image, built once and reused."""
-    from .loading import save_diffusers
-    from .random_model import build_random_model
+    from ..headless.export import save_diffusers
+    from ..headless.random_model import build_random_model
 
     model_dir = out_dir / "random-tiny-ip2p"
     if not (model_dir / "model_index.json").is_file():
@@ -47,3 +48,35 @@ def edit_arguments(model_dir: Path, input_path: Path, out_path: Path, steps: int
         "edit", "--model", str(model_dir), "--image", str(input_path), "--instruction", DEMO_INSTRUCTION,
         "--out", str(out_path), "--steps", str(steps), "--seed", str(seed), "--max-side", str(DEMO_SIZE),
     ]  # fmt: skip
+
+
+def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run `ip2p edit` on the embedded default model (random weights: plumbing only)",
+        description="Build the embedded default model and edit a rendered image with it. The default model has "
+        "random weights until the trainer's toy model ships: the output proves the pipeline, not edit quality.",
+    )
+    p.add_argument("--out", default="out/demo", help="folder for the model, input.png and edited.png")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    model_dir, input_path = prepare(out_dir)
+    edited = out_dir / "edited.png"
+    from .main import build_parser
+
+    edit_args = build_parser().parse_args(edit_arguments(model_dir, input_path, edited, args.steps, args.seed))
+    status = edit_args.handler(edit_args)
+    if status == 0:
+        logger.info(
+            "Demo done: %s -> %s. The embedded model has RANDOM weights (built from configs), so the edit is "
+            "noise: this run checks the plumbing, not the quality.",
+            input_path,
+            edited,
+        )
+    return status

@@ -1,0 +1,54 @@
+"""Which device and dtype a job runs on: one answer for ``edit``, and later ``train`` and ``generate``.
+
+``auto`` picks CUDA when present (float16 there), else the CPU in float32. A device that cannot
+hold real tensors (``meta``) or that this torch build cannot reach is refused with the fix, before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import IP2PError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+RUNNABLE_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _available(kind: str) -> bool:
+    if kind == "cpu":
+        return True
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    module = getattr(torch, kind, None)
+    return bool(module is not None and module.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise IP2PError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from exc
+    if device.type not in RUNNABLE_DEVICE_TYPES:
+        raise IP2PError(
+            f"--device {name}: a {device.type!r} device cannot run a model here; use auto, cpu, cuda, cuda:N or mps."
+        )
+    if not _available(device.type):
+        raise IP2PError(
+            f"--device {name}: {device.type.upper()} is not available to this torch build. Use --device cpu."
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise IP2PError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s). Pick another index.")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: float16 on a GPU, float32 on the CPU (float16 matmuls there are slow or missing)."""
+    if name not in DTYPES:
+        raise IP2PError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.")
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps", "xpu") else torch.float32
+    return getattr(torch, name)

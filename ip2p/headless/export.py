@@ -1,0 +1,144 @@
+"""Save a headless model: a diffusers folder, or one original-layout single file.
+
+The trainer's exports and the demo's model go through here. A diffusers folder is written by
+diffusers' own pipeline ``save_pretrained`` (so every diffusers and transformers version reads it);
+the single file is what ComfyUI's own checkpoint loader reads, and carries the exact configs in its
+metadata so it loads back to the same modules. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import IP2PError
+from ..formats import convert
+from ..formats.atomic import atomic_dir
+from ..formats.checkpoint import META_KEY, SAFETENSORS_SUFFIXES, save_safetensors_atomic
+from ..formats.tokenizer import write_tokenizer_files
+from . import libraries
+from .components import EditModel, canonical_text_state
+
+_TEXT_CONFIG_KEYS = (
+    "attention_dropout",
+    "bos_token_id",
+    "dropout",
+    "eos_token_id",
+    "hidden_act",
+    "hidden_size",
+    "initializer_factor",
+    "initializer_range",
+    "intermediate_size",
+    "layer_norm_eps",
+    "max_position_embeddings",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "pad_token_id",
+    "projection_dim",
+    "vocab_size",
+)
+
+
+def _public_config(config) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _text_config(text_encoder) -> dict:
+    config = text_encoder.config
+    return {k: getattr(config, k) for k in _TEXT_CONFIG_KEYS if hasattr(config, k)}
+
+
+def model_configs(model: EditModel) -> dict:
+    """The configs that rebuild ``model``'s modules: {"unet", "vae", "text_encoder", "scheduler"}."""
+    return {
+        "unet": _public_config(model.unet.config),
+        "vae": _public_config(model.vae.config),
+        "text_encoder": _text_config(model.text_encoder),
+        "scheduler": dict(model.scheduler_config),
+    }
+
+
+def _tokenizer_vocab(tokenizer) -> tuple[list[str], list[tuple[str, str]]]:
+    """Vocabulary (in id order) and merges of a fast CLIP tokenizer, for vocab.json / merges.txt."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = data["model"]
+    vocab = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return vocab, merges  # type: ignore[return-value]
+
+
+def save_tokenizer(tokenizer, folder: str | os.PathLike) -> Path:
+    """Write a CLIP tokenizer as vocab.json + merges.txt (what diffusers and ComfyUI both read)."""
+    vocab, merges = _tokenizer_vocab(tokenizer)
+    return write_tokenizer_files(folder, vocab, merges)
+
+
+def _scheduler(model: EditModel, diffusers):
+    """The model's noise schedule as a diffusers scheduler object (PNDM, SD 1.5's own, by default)."""
+    config = dict(model.scheduler_config)
+    cls = getattr(diffusers, str(config.get("_class_name", "PNDMScheduler")), None) or diffusers.PNDMScheduler
+    return cls.from_config(config)
+
+
+def save_diffusers(model: EditModel, folder: str | os.PathLike) -> Path:
+    """Save ``model`` as a diffusers folder with diffusers' pipeline ``save_pretrained``, atomically.
+
+    The text encoder's weights are then rewritten under the classic ``text_model.*`` keys, which
+    every transformers version (and other tools reading diffusers folders) understands.
+    """
+    diffusers, _ = libraries()
+    folder = Path(folder)
+    pipeline_class = (
+        diffusers.StableDiffusionInstructPix2PixPipeline
+        if model.family.is_edit_model
+        else diffusers.StableDiffusionPipeline
+    )
+    pipeline = pipeline_class(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=_scheduler(model, diffusers),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(folder) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        save_safetensors_atomic(canonical_text_state(model.text_encoder), tmp / "text_encoder" / "model.safetensors")
+        save_tokenizer(model.tokenizer, tmp / "tokenizer")  # vocab.json + merges.txt, which ComfyUI reads too
+    return folder
+
+
+def original_state_dict(model: EditModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the original single-file layout (optionally cast to ``dtype``)."""
+    state = convert.diffusers_to_original(
+        model.unet.state_dict(),
+        model.vae.state_dict(),
+        canonical_text_state(model.text_encoder),
+        model.unet.config,
+        model.vae.config,
+    )
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    return state
+
+
+def save_single_file(model: EditModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Save ``model`` as one original-layout ``.safetensors`` file (ComfyUI's checkpoint loader reads it).
+
+    The metadata records the exact configs (and a synthetic tokenizer, for random models), so
+    the file loads back to the same modules.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise IP2PError(f"A single-file model is saved as .safetensors, got {path}. Choose a .safetensors path.")
+    ours: dict = {"configs": model_configs(model)}
+    tokenizer_source = str(model.extra.get("tokenizer_source", ""))
+    if tokenizer_source.startswith("synthetic"):
+        ours["tokenizer"] = tokenizer_source
+    metadata = {META_KEY: json.dumps(ours, sort_keys=True)}
+    return save_safetensors_atomic(original_state_dict(model, dtype), path, metadata=metadata)
