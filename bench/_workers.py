@@ -4,16 +4,14 @@ bench/edit.py starts ``python bench/edit.py --worker NAME --params JSON``; the w
 stderr and ends by printing ``RESULT_MARKER`` + one JSON object on stdout. Peak memory is per
 process, so every side whose memory is compared gets its own process.
 
-Noise discipline: every timed run is bracketed by a CPU window that measures how much CPU
-*other* processes used meanwhile (system busy time from /proc/stat minus this process's own
-time). A run where others used more than ``max_other_cpu`` cores is discarded and repeated; the
-count of discarded runs goes into the result.
+Noise discipline: every timed run goes through ``cpu_noise.timed_clean``, which discards and
+repeats runs during which other processes used the CPU (bench/cpu_noise.py). Figure 3's ComfyUI
+host is set up by ``ip2p_hosts.comfy_lib``, the harness tests/comfy_lib uses too.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -21,15 +19,16 @@ import resource
 import statistics
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cpu_noise import Noise, timed_clean  # bench/ is sys.path[0]: workers run as `python bench/edit.py`
+
+from ip2p_hosts import comfy_lib
+
 RESULT_MARKER = "IP2P-BENCH-RESULT "
-PACKAGE_NAME = "comfyui_ip2p"  # the repository imported as ComfyUI imports a custom node
 INSTRUCTION = "turn the sky into a sunset"
 TEXT_CFG = 7.5
 IMAGE_CFG = 1.5
@@ -37,110 +36,6 @@ SAMPLER = "euler_ancestral"
 SCHEDULER = "normal"
 
 logger = logging.getLogger("bench")
-
-
-# --------------------------------------------------------------------------------------------
-# CPU noise from other processes
-
-
-def _system_busy_seconds() -> float | None:
-    """CPU seconds the whole machine spent busy since boot (all cores), or None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = handle.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    """CPU seconds of this process (every thread) and of its waited-for children."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-class CpuWindow:
-    """Measures the CPU that other processes use between ``start`` and ``stop``, in cores."""
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.busy = _system_busy_seconds()
-        self.own = _own_seconds()
-
-    def stop(self) -> float | None:
-        busy = _system_busy_seconds()
-        if busy is None or self.busy is None:
-            return None
-        wall = max(time.perf_counter() - self.wall, 1e-6)
-        others = (busy - self.busy) - (_own_seconds() - self.own)
-        return max(others, 0.0) / wall
-
-
-def wait_for_quiet(max_other_cpu: float, max_wait: float) -> float | None:
-    """Wait (up to ``max_wait`` s) until other processes use at most ``max_other_cpu`` cores."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        window = CpuWindow()
-        time.sleep(0.5)
-        others = window.stop()
-        if others is None or others <= max_other_cpu or time.monotonic() >= deadline:
-            return others
-        logger.info("waiting for a quiet machine: other processes use %.2f cores", others)
-        time.sleep(1.0)
-
-
-@dataclass
-class Noise:
-    """How a worker keeps other processes out of its timings (from the command line)."""
-
-    max_other_cpu: float = 0.10  # cores other processes may use during a kept run
-    max_attempts: int = 3  # timed runs per sample before the least noisy one is kept anyway
-    quiet_wait: float = 20.0  # seconds to wait for a quiet machine before each timed run
-
-
-@dataclass
-class Timed:
-    """One kept timed run: what it measured, and how noisy the machine was."""
-
-    values: dict
-    others: float | None  # cores used by other processes during the kept run
-    discarded: int  # runs thrown away because other processes used the CPU
-    clean: bool  # False when every attempt was noisy and the least noisy was kept
-    discarded_others: list[float] = field(default_factory=list)
-
-
-def timed_clean(run: Callable[[], dict], noise: Noise, label: str) -> Timed:
-    """Run ``run`` until one run is free of other processes' CPU use (or attempts run out)."""
-    discarded: list[float] = []
-    fallback: tuple[float, dict] | None = None
-    for attempt in range(1, noise.max_attempts + 1):
-        wait_for_quiet(noise.max_other_cpu, noise.quiet_wait)
-        window = CpuWindow()
-        values = run()
-        others = window.stop()
-        if others is None or others <= noise.max_other_cpu:
-            logger.info("%s: %s (others %s cores)", label, _fmt(values), _fmt(others))
-            return Timed(values, others, len(discarded), True, discarded)
-        logger.warning(
-            "%s: discarded attempt %d/%d, other processes used %.2f cores", label, attempt, noise.max_attempts, others
-        )
-        discarded.append(others)
-        if fallback is None or others < fallback[0]:
-            fallback = (others, values)
-    others, values = fallback
-    logger.warning("%s: every attempt was noisy; keeping the least noisy (%.2f cores)", label, others)
-    return Timed(values, others, len(discarded) - 1, False, discarded)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,101 +290,15 @@ def speed(params: dict) -> dict:
 # Figure 3: our node against ComfyUI's native InstructPix2Pix graph, inside one ComfyUI
 
 
-def _find_torchvision(comfy_lib: Path) -> None:
-    """Make ``import torchvision`` work: the environment's own, else the copy scripts/test.sh installed.
-
-    ComfyUI imports torchvision but uses no torchvision op for SD 1.5. The copy beside ComfyUI's
-    library is PyPI's CUDA-linked build, whose C++ ops do not load beside the CPU torch wheel: an
-    empty ``torchvision._meta_registrations`` lets its Python parts import (as tests/comfy_lib does).
-    """
-    if importlib.util.find_spec("torchvision") is not None:
-        return
-    server_site = Path(os.environ.get("IP2P_SERVER_SITE", ROOT / ".cache" / "comfy-server-site"))
-    for folder in (server_site, comfy_lib):
-        if (folder / "torchvision" / "__init__.py").is_file():
-            sys.modules.setdefault(
-                "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
-            )
-            sys.path.append(str(folder))  # appended: it can shadow nothing
-            return
-    raise RuntimeError(
-        "ComfyUI imports torchvision, which is not installed. Run scripts/test.sh (it installs one into "
-        f"{comfy_lib}) or install the torchvision that matches your torch."
-    )
-
-
-def _library_standins() -> None:
-    """The two ComfyUI server modules that comfy_extras.nodes_custom_sampler imports, where none exist.
-
-    Only for ComfyUI's library without its server (PyPI's notcomfy): a checkout has the real ones.
-    """
-    if importlib.util.find_spec("node_helpers") is None:
-        module = types.ModuleType("node_helpers", "bench stand-in for ComfyUI's server module node_helpers")
-
-        def conditioning_set_values(conditioning, values=None, append=False):
-            out = []
-            for tensor, options in conditioning:
-                options = dict(options)
-                for key, value in (values or {}).items():
-                    options[key] = options[key] + value if append and options.get(key) is not None else value
-                out.append([tensor, options])
-            return out
-
-        module.conditioning_set_values = conditioning_set_values
-        sys.modules["node_helpers"] = module
-    if importlib.util.find_spec("latent_preview") is None:
-        module = types.ModuleType("latent_preview", "bench stand-in for ComfyUI's server module latent_preview")
-
-        def prepare_callback(model, steps, x0_output_dict=None):
-            import comfy.utils
-
-            bar = comfy.utils.ProgressBar(steps)
-
-            def callback(step, x0, x, total_steps):
-                if x0_output_dict is not None:
-                    x0_output_dict["x0"] = x0
-                bar.update_absolute(step + 1, total_steps, None)
-
-            return callback
-
-        module.prepare_callback = prepare_callback
-        sys.modules["latent_preview"] = module
-
-
 def prepare_comfy(host: str, path: str, device: str) -> None:
-    """Make ``import comfy`` the ComfyUI of ``host``: "checkout" (COMFYUI_PATH, first on sys.path) or "lib"."""
-    folder = Path(path)
-    if not (folder / "comfy" / "sd.py").is_file():
-        if host == "checkout":
-            raise RuntimeError(f"COMFYUI_PATH={path} is not a ComfyUI checkout (no comfy/sd.py); point it at one.")
-        raise RuntimeError(f"ComfyUI's library is not installed in {folder}: run scripts/test.sh (it installs it).")
-    # Before either ComfyUI goes on sys.path: the library's folder also holds a torchvision.
-    _find_torchvision(
-        folder if host == "lib" else Path(os.environ.get("IP2P_COMFY_LIB", ROOT / ".cache" / "comfy-lib"))
-    )
-    if host == "checkout":
-        sys.path.insert(0, str(folder))  # this worker process only: the checkout's comfy and server modules
-    elif str(folder) not in sys.path:
-        sys.path.append(str(folder))  # appended, as tests/comfy_lib does: it can shadow nothing of ours
-    import comfy.cli_args
+    """Make ``import comfy`` the ComfyUI of ``host``: "checkout" (COMFYUI_PATH, first on sys.path) or "lib".
 
-    comfy.cli_args.args.cpu = not device.startswith("cuda")  # must be set before comfy.model_management loads
-    _library_standins()
-
-
-def import_pack() -> types.ModuleType:
-    """The repository imported as ComfyUI imports a custom node: the package ``comfyui_ip2p``."""
-    if PACKAGE_NAME in sys.modules:
-        return sys.modules[PACKAGE_NAME]
-    spec = importlib.util.spec_from_file_location(
-        PACKAGE_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE_NAME] = module
-    spec.loader.exec_module(module)
-    if not getattr(module, "NODE_CLASS_MAPPINGS", None):
-        raise RuntimeError("the pack registered no nodes: ComfyUI's comfy package did not import")
-    return module
+    The set-up is tests/comfy_lib's, shared through ``ip2p_hosts.comfy_lib`` (this worker process only).
+    """
+    try:
+        comfy_lib.prepare_host(Path(path), kind=host, cpu=not device.startswith("cuda"))
+    except comfy_lib.HostError as error:
+        raise RuntimeError(str(error)) from error
 
 
 def call_node(node_class, **inputs) -> tuple:
@@ -527,7 +336,7 @@ def comfy_graphs(params: dict) -> dict:
     from comfy_extras import nodes_custom_sampler as custom
     from comfy_extras import nodes_ip2p
 
-    pack = import_pack()
+    pack = comfy_lib.import_pack()
     ksampler_node = pack.nodes.IP2PKSampler
     comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm bars on either path (both read this flag)
     stamps: list[float] = []

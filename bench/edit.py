@@ -41,8 +41,9 @@ from pathlib import Path
 import _workers  # bench/ is sys.path[0] when this file runs as a script
 from _workers import RESULT_MARKER, median
 
+from ip2p_hosts import comfy_lib
+
 THIS = Path(__file__).resolve()
-ROOT = THIS.parents[1]
 FIGURES = (1, 2, 3, 4)
 MODEL_SEED = 0
 EDIT_SEED = 42
@@ -340,7 +341,7 @@ class Bench:
         if os.environ.get("COMFYUI_PATH"):
             hosts.append(("checkout", os.environ["COMFYUI_PATH"]))
         if self.args.comfy_lib:
-            hosts.append(("lib", os.environ.get("IP2P_COMFY_LIB", str(ROOT / ".cache" / "comfy-lib"))))
+            hosts.append(("lib", str(comfy_lib.default_library())))
         return hosts
 
     def node_vs_native(self, figure: int, device: str, size: int, steps: int) -> list[dict]:

@@ -87,11 +87,6 @@ class Guidance:
             return (Branch.FULL,) if self.text_cfg == 1.0 else (Branch.FULL, Branch.IMAGE)
         return BRANCH_ORDER
 
-    @property
-    def weakest(self) -> Branch:
-        """The least-conditioned branch computed: what post-CFG hooks see as the "uncond" prediction."""
-        return self.branches[-1]
-
     def combine(self, predictions: Mapping[Branch, torch.Tensor]) -> torch.Tensor:
         """The guided prediction from ``predictions``, which hold at least :attr:`branches`."""
         needed = self.branches

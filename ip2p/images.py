@@ -11,9 +11,13 @@ crash) ever sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import stat
+import struct
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,29 +35,91 @@ WHITE = 255.0
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
-    path = Path(path)
+# What Pillow raises on a damaged or hostile file beyond "not an image": truncated data (OSError,
+# EOFError), broken headers (SyntaxError, struct.error, IndexError), oversized text chunks
+# (ValueError "Decompressed Data Too Large"), and decompression bombs (error, or warning when made one).
+_DECODE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, struct.error, IndexError)
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (followed through links) is a plain file: a FIFO or device would block or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_regular(path: Path) -> None:
     if not path.exists():
         raise IP2PError(f"Image not found: {path}. Check the path.")
     if path.is_dir():
         raise IP2PError(f"{path} is a folder, expected an image file.")
+    if not is_regular_file(path):
+        raise IP2PError(
+            f"{path} is not a regular file (a FIFO, socket or device), so it cannot be read as an image. "
+            f"Give an image file."
+        )
+
+
+def _pil_error(path: Path, exc: BaseException) -> IP2PError:
+    """One line naming ``path`` for anything Pillow raised while opening or decoding it."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return IP2PError(f"{path} is too large to decode safely ({exc}). Downscale it first.")
+    if isinstance(exc, UnidentifiedImageError):
+        return IP2PError(f"{path} is not an image Pillow can read. Give a PNG, JPEG, WebP, TIFF or BMP file.")
+    if isinstance(exc, ValueError) and "too large" in str(exc).lower():
+        return IP2PError(
+            f"{path} carries a text chunk (iTXt/zTXt metadata) larger than Pillow reads safely ({exc}). "
+            f"Re-save the image without its metadata."
+        )
+    if isinstance(exc, PermissionError):
+        return IP2PError(f"{path} could not be opened ({exc.strerror}). Check the file's permissions.")
+    return IP2PError(
+        f"{path} could not be decoded ({type(exc).__name__}: {exc}); the file is truncated or corrupt. "
+        f"Re-export or replace it."
+    )
+
+
+@contextlib.contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Turn Pillow's errors (and its decompression-bomb warning) into one-line errors naming ``path``."""
     try:
-        return Image.open(path)
-    except UnidentifiedImageError as exc:
-        raise IP2PError(f"{path} is not an image Pillow can read. Give a PNG, JPEG, WebP, TIFF or BMP file.") from exc
-    except Image.DecompressionBombError as exc:
-        raise IP2PError(f"{path} is too large to decode safely ({exc}). Downscale it first.") from exc
-    except OSError as exc:
-        raise IP2PError(f"{path} could not be opened ({exc}). Check the file's permissions.") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except IP2PError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS) as exc:
+        raise _pil_error(path, exc) from exc
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """The image at ``path``, opened lazily; every Pillow error inside the block names the file."""
+    path = Path(path)
+    _check_regular(path)
+    with _pillow_errors(path), Image.open(path) as image:
+        yield image
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether Pillow recognises ``path`` as an image (reads the header only)."""
-    try:
-        with Image.open(path):
-            return True
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+    """Whether ``path`` is a regular file Pillow recognises as an image (reads the header only).
+
+    A file Pillow recognises but cannot read safely (a decompression bomb, an oversized text
+    chunk, a broken header) still counts as an image: :func:`load_image` then refuses it naming
+    the problem, so a damaged image in a folder stops the run instead of being skipped silently.
+    """
+    if not is_regular_file(path):
         return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path):
+                return True
+    except UnidentifiedImageError:
+        return False
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS):
+        return True
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -92,20 +158,21 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 def load_image(path: str | os.PathLike, *, max_input_side: int = DEFAULT_MAX_INPUT_SIDE) -> torch.Tensor:
     """A (1, 3, H, W) float32 tensor in [0, 1] from an image file, upright and RGB.
 
-    Sizes are checked from the header before any pixel is decoded.
+    Sizes are checked from the header before any pixel is decoded; float images holding NaN or
+    infinity are refused (clipping would hide them).
     """
     with _open(path) as image:
         check_input_size(*image.size, max_input_side=max_input_side)
-        try:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-        except Image.DecompressionBombError as exc:
-            raise IP2PError(f"{path} is too large to decode safely ({exc}). Downscale it first.") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode == "F" and not np.isfinite(np.asarray(upright, dtype=np.float32)).all():
             raise IP2PError(
-                f"{path} could not be decoded ({exc}); the file is truncated or corrupt. Re-export or replace it."
-            ) from exc
+                f"{path} is a floating-point image with NaN or infinite pixels. Replace them with finite values "
+                f"(or export it as 8/16-bit) first."
+            )
         array = to_rgb_array(upright)
+    if not np.isfinite(array).all():
+        raise IP2PError(f"{path} decoded to NaN or infinite pixel values. Re-export it as an 8/16-bit image.")
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
 
 
@@ -149,4 +216,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The ``ip2p`` settings stored in a PNG written by :func:`save_png` (``{}`` if none)."""
     with _open(path) as image:
         text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
-    return json.loads(text) if text else {}
+    if not text:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError as exc:
+        raise IP2PError(f"{path} has an {METADATA_KEY!r} text chunk that is not valid JSON ({exc}).") from exc
+    if not isinstance(metadata, dict):
+        raise IP2PError(f"{path} has an {METADATA_KEY!r} text chunk that is not a JSON object.")
+    return metadata

@@ -19,6 +19,8 @@ RESIZE_POLICIES = ("paper", "keep")
 DEFAULT_MAX_SIDE = 512  # the paper's edit resolution for SD 1.5
 MIN_SIDE = 8  # one latent pixel
 DEFAULT_MAX_INPUT_SIDE = 8192  # larger inputs are refused before anything is allocated
+MAX_MAX_SIDE = 4096  # the largest working long side offered: 8× SD 1.5's native size, already minutes a step
+MAX_MAX_INPUT_SIDE = 16384  # the largest input limit offered (16384² RGB floats are 3 GiB)
 
 
 def check_input_size(width: int, height: int, max_input_side: int = DEFAULT_MAX_INPUT_SIDE) -> None:

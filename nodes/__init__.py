@@ -4,7 +4,8 @@
 users' workflows: never rename one.
 """
 
-from .guider import IP2PConditioning, IP2PDualCFGGuider
+from .conditioning import IP2PConditioning
+from .guider import IP2PDualCFGGuider
 from .loaders import IP2PCheckpointLoader, IP2PDiffusersLoader
 from .sampler import IP2PKSampler
 from .sweep import IP2PGuidanceSweep

@@ -1,53 +1,38 @@
-"""Dual guidance as a ComfyUI GUIDER, and the conditioning that attaches the input image.
+"""InstructPix2Pix's dual guidance as a ComfyUI GUIDER, and the node that makes one.
 
-The guider runs the branches that its :class:`ip2p.guidance.Guidance` needs in one
-``calc_cond_batch`` call and combines them with that value, as the headless backend does. ComfyUI's guiders see denoised predictions rather than noise; the
-formula's weights sum to one, so combining either gives the same step.
+:class:`InstructPix2PixGuider` runs the branches its :class:`ip2p.guidance.Guidance` needs in one
+``calc_cond_batch`` call and combines them with that value, as the headless backend does. ComfyUI's
+guiders see denoised predictions rather than noise; the formula's weights sum to one, so combining
+either gives the same step.
+
+The user's model patches are kept, as ComfyUI's own guiders keep them:
+
+- ``sampler_pre_cfg_function`` hooks see every branch's prediction (``None`` conds for branches not run);
+- ``sampler_cfg_function`` (RescaleCFG, PerpNeg, ...) replaces the *text* step
+  e(img,∅) + text_cfg·(e(img,text) − e(img,∅)), called with ComfyUI's ``cfg_function`` arguments
+  (cond = the full branch, uncond = the image-only branch, cond_scale = text_cfg); the image term
+  (image_cfg − 1)·(e(img,∅) − e(∅,∅)) is then added unchanged. ComfyUI's ``Guider_DualCFG``
+  applies the function to one step and adds the other's term the same way; we give it the text
+  step because that carries the large scale such patches are made for, and because with
+  image_cfg = 1 it still needs only two branches;
+- ``sampler_post_cfg_function`` hooks (SAG, PAG, ...) see the final guided prediction, with the same
+  cond/uncond pair.
 """
 
 from __future__ import annotations
 
 import comfy.samplers
-import torch
 
-from ..ip2p import guidance
-from ..ip2p.errors import IP2PError
-from ..ip2p.guidance import Branch
+from ..ip2p.guidance import BRANCH_ORDER, Branch, Guidance
 from . import host
-from .common import CATEGORY, RESIZE_INPUTS, cfg_input, image_to_working_size
+from .conditioning import with_values, without_image
+from .inputs import CATEGORY, GUIDANCE_INPUTS
 
-CONCAT_KEY = "concat_latent_image"  # where ComfyUI's IP2P models read the input-image latent
-
-
-def with_values(conditioning: list, **values) -> list:
-    """A copy of ``conditioning`` with ``values`` set in every entry's options (inputs untouched)."""
-    return [[tensor, {**options, **values}] for tensor, options in conditioning]
+COND_KEYS = {Branch.FULL: "positive", Branch.IMAGE: "negative", Branch.UNCOND: "uncond"}
 
 
-def without_image(conditioning: list) -> list:
-    """The "no image" conditioning: the input-image latent replaced by zeros."""
-    out = []
-    for tensor, options in conditioning:
-        image = options.get(CONCAT_KEY)
-        if image is None:
-            raise IP2PError(
-                "The negative conditioning carries no input image. Connect it through 'InstructPix2Pix Conditioning'."
-            )
-        out.append([tensor, {**options, CONCAT_KEY: torch.zeros_like(image)}])
-    return out
-
-
-def check_batches(conditioning: list, image_batch: int, name: str) -> None:
-    for tensor, _ in conditioning:
-        if tensor.shape[0] not in (1, image_batch):
-            raise IP2PError(
-                f"The {name} conditioning has batch size {tensor.shape[0]} but the image batch has {image_batch}. "
-                "Give one prompt (batch 1) or one per image."
-            )
-
-
-class DualCFGGuider(comfy.samplers.CFGGuider):
-    """CFGGuider with InstructPix2Pix's text and image guidance scales."""
+class InstructPix2PixGuider(comfy.samplers.CFGGuider):
+    """A CFGGuider with InstructPix2Pix's text and image guidance scales (one :class:`Guidance`)."""
 
     def set_conds(self, positive, negative):
         # "positive": (c_I, c_T); "negative": (c_I, ∅); "uncond": (∅, ∅)
@@ -59,21 +44,29 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
             }
         )
 
-    def set_cfg(self, text_cfg: float, image_cfg: float):
-        self.guidance = guidance.Guidance(text_cfg, image_cfg)
-        self.cfg = self.guidance.text_cfg  # read by hooks that look at guider.cfg
+    def set_guidance(self, guidance: Guidance) -> None:
+        self.guidance = guidance
+        self.text_step = Guidance(guidance.text_cfg, 1.0)  # the guidance without its image term
+        self.cfg = guidance.text_cfg  # read by hooks that look at guider.cfg
+
+    def branches(self, model_options: dict) -> tuple[Branch, ...]:
+        """The branches to run: the guidance's, plus the image-only one when a hook reads the text step."""
+        needed = set(self.guidance.branches)
+        if "sampler_cfg_function" in model_options or model_options.get("sampler_post_cfg_function"):
+            needed.add(Branch.IMAGE)
+        return tuple(b for b in BRANCH_ORDER if b in needed)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's signature)
-        cond_keys = {Branch.FULL: "positive", Branch.IMAGE: "negative", Branch.UNCOND: "uncond"}
-        needed = self.guidance.branches
-        conds = [self.conds.get(cond_keys[b]) if b in needed else None for b in guidance.BRANCH_ORDER]
+        branches = self.branches(model_options)
+        conds = [self.conds.get(COND_KEYS[b]) if b in branches else None for b in BRANCH_ORDER]
         out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        text_cfg = self.guidance.text_cfg
         for fn in model_options.get("sampler_pre_cfg_function", []):
             out = fn(
                 {
                     "conds": conds,
                     "conds_out": out,
-                    "cond_scale": self.guidance.text_cfg,
+                    "cond_scale": text_cfg,
                     "timestep": timestep,
                     "input": x,
                     "sigma": timestep,
@@ -81,19 +74,40 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
                     "model_options": model_options,
                 }
             )
-        predictions = dict(zip(guidance.BRANCH_ORDER, out, strict=True))
+        predictions = {b: out[i] for i, b in enumerate(BRANCH_ORDER) if b in branches}
         result = self.guidance.combine(predictions)
-        # Keep the user's post-CFG hooks (RescaleCFG, ...), as ComfyUI's own cfg_function would.
-        weakest = self.guidance.weakest
+        cond, uncond = conds[0], conds[1]
+        cond_pred, uncond_pred = predictions[Branch.FULL], predictions.get(Branch.IMAGE)
+        cfg_function = model_options.get("sampler_cfg_function")
+        if cfg_function is not None:
+            image_term = result - self.text_step.combine(predictions)
+            text_step = x - cfg_function(
+                {
+                    "cond": x - cond_pred,
+                    "uncond": x - uncond_pred,
+                    "cond_scale": text_cfg,
+                    "timestep": timestep,
+                    "input": x,
+                    "sigma": timestep,
+                    "cond_denoised": cond_pred,
+                    "uncond_denoised": uncond_pred,
+                    "model": self.inner_model,
+                    "model_options": model_options,
+                    "input_cond": cond,
+                    "input_uncond": uncond,
+                }
+            )
+            result = text_step + image_term
         for fn in model_options.get("sampler_post_cfg_function", []):
             result = fn(
                 {
                     "denoised": result,
-                    "cond": conds[0],
-                    "uncond": conds[guidance.BRANCH_ORDER.index(weakest)],
+                    "cond": cond,
+                    "uncond": uncond,
+                    "cond_scale": text_cfg,
                     "model": self.inner_model,
-                    "uncond_denoised": predictions[weakest],
-                    "cond_denoised": predictions[Branch.FULL],
+                    "uncond_denoised": uncond_pred,
+                    "cond_denoised": cond_pred,
                     "sigma": timestep,
                     "model_options": model_options,
                     "input": x,
@@ -102,20 +116,13 @@ class DualCFGGuider(comfy.samplers.CFGGuider):
         return result
 
 
-def make_guider(model, positive, negative, text_cfg: float, image_cfg: float) -> DualCFGGuider:
+def make_guider(model, positive: list, negative: list, guidance: Guidance) -> InstructPix2PixGuider:
     host.require_custom_guiders()
     host.require_ip2p_model(model)
-    guider = DualCFGGuider(model)
+    guider = InstructPix2PixGuider(model)
     guider.set_conds(positive, negative)
-    guider.set_cfg(text_cfg, image_cfg)
+    guider.set_guidance(guidance)
     return guider
-
-
-def attach_image(positive, negative, image_latent: torch.Tensor) -> tuple[list, list]:
-    """Both conditionings carrying the (unscaled) input-image latent; the model applies its convention."""
-    check_batches(positive, image_latent.shape[0], "positive")
-    check_batches(negative, image_latent.shape[0], "negative")
-    return with_values(positive, **{CONCAT_KEY: image_latent}), with_values(negative, **{CONCAT_KEY: image_latent})
 
 
 class IP2PDualCFGGuider:
@@ -123,7 +130,8 @@ class IP2PDualCFGGuider:
     DISPLAY_NAME = "InstructPix2Pix Dual CFG Guider"
     DESCRIPTION = (
         "Guider for SamplerCustomAdvanced with InstructPix2Pix's two scales: "
-        "e = e(∅,∅) + text_cfg·(e(img,text) − e(img,∅)) + image_cfg·(e(img,∅) − e(∅,∅)), one batched model call."
+        "e = e(∅,∅) + text_cfg·(e(img,text) − e(img,∅)) + image_cfg·(e(img,∅) − e(∅,∅)), one batched model call. "
+        "Model patches that replace CFG (e.g. RescaleCFG) apply to the text_cfg step."
     )
     CATEGORY = f"{CATEGORY}/sampling"
     FUNCTION = "execute"
@@ -139,44 +147,10 @@ class IP2PDualCFGGuider:
                     "CONDITIONING",
                     {"tooltip": "The empty or negative prompt, from 'InstructPix2Pix Conditioning'."},
                 ),
-                "text_cfg": cfg_input(guidance.DEFAULT_TEXT_CFG, "How strongly to follow the instruction (s_T)."),
-                "image_cfg": cfg_input(guidance.DEFAULT_IMAGE_CFG, "How closely to keep to the input image (s_I)."),
+                **GUIDANCE_INPUTS,
             }
         }
 
     @classmethod
     def execute(cls, model, positive, negative, text_cfg, image_cfg):
-        return (make_guider(model, positive, negative, text_cfg, image_cfg),)
-
-
-class IP2PConditioning:
-    NODE_ID = "IP2PConditioning"
-    DISPLAY_NAME = "InstructPix2Pix Conditioning"
-    DESCRIPTION = (
-        "Attaches the input image's latent (the VAE posterior's mode, unscaled; the model applies its own "
-        "convention) to both conditionings, and gives an empty LATENT of the working size to sample into."
-    )
-    CATEGORY = f"{CATEGORY}/conditioning"
-    FUNCTION = "execute"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
-    RETURN_NAMES = ("positive", "negative", "latent")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "positive": ("CONDITIONING", {"tooltip": "The encoded instruction."}),
-                "negative": ("CONDITIONING", {"tooltip": "The encoded empty or negative prompt."}),
-                "vae": ("VAE", {"tooltip": "The model's VAE, to encode the input image."}),
-                "pixels": ("IMAGE", {"tooltip": "The image to edit."}),
-                **RESIZE_INPUTS,
-            }
-        }
-
-    @classmethod
-    def execute(cls, positive, negative, vae, pixels, resize, max_side):
-        pixels = image_to_working_size(pixels, resize, max_side)
-        with torch.no_grad():
-            image_latent = host.encode_mode(vae, pixels)
-        positive, negative = attach_image(positive, negative, image_latent)
-        return positive, negative, {"samples": torch.zeros_like(image_latent)}
+        return (make_guider(model, positive, negative, Guidance(text_cfg, image_cfg)),)

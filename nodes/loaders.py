@@ -13,7 +13,7 @@ from ..ip2p import model_family
 from ..ip2p.errors import IP2PError
 from ..ip2p.formats import checkpoint, convert
 from . import host
-from .common import CATEGORY
+from .inputs import CATEGORY
 
 
 def load_checked(path: str, source: str, read_state_dict) -> tuple:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 
 from ..ip2p import grid
+from ..ip2p.guidance import Guidance
 from . import host
-from .common import CATEGORY, RESIZE_INPUTS, image_to_working_size
-from .sampler import (
+from .conditioning import image_latent, resolve_conditioning
+from .inputs import (
+    CATEGORY,
     MODEL_IMAGE_INPUTS,
     OPTIONAL_COND_INPUTS,
+    RESIZE_INPUTS,
     SAMPLING_INPUTS,
     TEXT_INPUTS,
-    resolve_conditioning,
-    sample_edit,
     sampler_inputs,
 )
+from .sampler import sample_edit
 
 
 class IP2PGuidanceSweep:
@@ -58,24 +60,23 @@ class IP2PGuidanceSweep:
         host.require_ip2p_model(model)
         text_values = grid.parse_scales(text_cfg_values, "text_cfg_values")
         image_values = grid.parse_scales(image_cfg_values, "image_cfg_values")
-        pixels = image_to_working_size(image, resize, max_side)
-        with torch.no_grad():
-            image_latent = host.encode_mode(vae, pixels)  # once for every cell
+        # Every cell's scales are checked before the first edit starts.
+        cells = [Guidance(text_cfg, image_cfg) for text_cfg in text_values for image_cfg in image_values]
+        latent = image_latent(vae, image, resize, max_side)  # once for every cell
         positive, negative_cond = resolve_conditioning(clip, instruction, negative, positive, negative_conditioning)
-        bar = host.progress_bar(len(text_values) * len(image_values))
+        bar = host.progress_bar(len(cells))
         edits = []  # [cell][batch] → BHWC
-        for text_cfg in text_values:
-            for image_cfg in image_values:
-                host.throw_if_interrupted()
-                samples = sample_edit(
-                    model, image_latent, positive, negative_cond, seed=seed, steps=steps, text_cfg=text_cfg,
-                    image_cfg=image_cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=1.0,
-                )  # fmt: skip
-                with torch.no_grad():
-                    edits.append(vae.decode(samples)[..., :3])
-                bar.update(1)
-        cells = torch.stack(edits, dim=1)  # (batch, cells, H, W, C)
+        for guidance in cells:
+            host.throw_if_interrupted()
+            samples = sample_edit(
+                model, latent, positive, negative_cond, guidance, seed=seed, steps=steps, sampler_name=sampler_name,
+                scheduler=scheduler, denoise=1.0,
+            )  # fmt: skip
+            with torch.no_grad():
+                edits.append(vae.decode(samples)[..., :3])
+            bar.update(1)
+        per_image = torch.stack(edits, dim=1)  # (batch, cells, H, W, C)
         rows = [f"text_cfg {v:g}" for v in text_values]
         cols = [f"image_cfg {v:g}" for v in image_values]
-        grids = torch.stack([grid.labelled_grid(per_image, rows, cols) for per_image in cells])
-        return grids, cells.flatten(0, 1)
+        grids = torch.stack([grid.labelled_grid(cells_of_one, rows, cols) for cells_of_one in per_image])
+        return grids, per_image.flatten(0, 1)

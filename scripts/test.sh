@@ -2,7 +2,7 @@
 # The project's test command. Installs what the tests need (once; re-runs skip finished steps), then
 # runs a suite and exits with pytest's code.
 #
-#   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/comfy_lib
+#   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
@@ -21,7 +21,7 @@ if [ "${1:-}" = server ]; then
 fi
 
 # Pinned: an unpinned torch would pull a multi-GB CUDA build. torchvision and notcomfy go to their
-# own folder with --no-deps for the same reason (see scripts/comfy_lib_host.py).
+# own folder with --no-deps for the same reason (see ip2p_hosts/install_comfy_lib.py).
 torch_version=2.13.0
 torchvision_version=0.28.0
 notcomfy_version=0.1.0
@@ -53,15 +53,15 @@ if [ "$(cat "$venv_stamp" 2>/dev/null)" != "$venv_key" ]; then
     echo "$venv_key" >"$venv_stamp"
 fi
 
-# 2. ComfyUI's library (comfy, comfy_extras) in its own folder, completed by comfy_lib_host.py.
-lib_key="$("$py" -V) notcomfy=$notcomfy_version torchvision=$torchvision_version host=$(sha256sum scripts/comfy_lib_host.py | cut -c1-16)"
+# 2. ComfyUI's library (comfy, comfy_extras) in its own folder, completed by ip2p_hosts.install_comfy_lib.
+lib_key="$("$py" -V) notcomfy=$notcomfy_version torchvision=$torchvision_version host=$(sha256sum ip2p_hosts/install_comfy_lib.py | cut -c1-16)"
 lib_stamp=$comfy_lib/.ip2p-comfy-lib
 if [ "$(cat "$lib_stamp" 2>/dev/null)" != "$lib_key" ]; then
     echo "test.sh: installing ComfyUI's library into $comfy_lib"
     rm -rf "$comfy_lib"
     "$py" -m pip install --quiet --no-deps --target "$comfy_lib" \
         "notcomfy==$notcomfy_version" "torchvision==$torchvision_version"
-    "$py" scripts/comfy_lib_host.py "$comfy_lib"
+    "$py" -m ip2p_hosts.install_comfy_lib "$comfy_lib"
     echo "$lib_key" >"$lib_stamp"
 fi
 
@@ -73,7 +73,7 @@ if [ "$suite" = server ]; then
     fi
     paths=(tests/server)
 else
-    paths=(tests/core tests/headless tests/comfy_lib)
+    paths=(tests/core tests/headless tests/train tests/comfy_lib)
 fi
 
 status=0

@@ -43,10 +43,14 @@ def prepare(out_dir: Path) -> tuple[Path, Path]:
     return model_dir, input_path
 
 
-def edit_arguments(model_dir: Path, input_path: Path, out_path: Path, steps: int, seed: int) -> list[str]:
+def edit_arguments(
+    model_dir: Path, input_path: Path, out_path: Path, steps: int, seed: int, quiet: bool = False
+) -> list[str]:
+    """The ``ip2p edit`` command line the demo runs; ``quiet`` passes ``-q`` on (no step bar)."""
     return [
         "edit", "--model", str(model_dir), "--image", str(input_path), "--instruction", DEMO_INSTRUCTION,
         "--out", str(out_path), "--steps", str(steps), "--seed", str(seed), "--max-side", str(DEMO_SIZE),
+        *(["-q"] if quiet else []),
     ]  # fmt: skip
 
 
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     edited = out_dir / "edited.png"
     from .main import build_parser
 
-    edit_args = build_parser().parse_args(edit_arguments(model_dir, input_path, edited, args.steps, args.seed))
+    argv = edit_arguments(model_dir, input_path, edited, args.steps, args.seed, quiet=args.quiet)
+    edit_args = build_parser().parse_args(argv)
     status = edit_args.handler(edit_args)
     if status == 0:
         logger.info(

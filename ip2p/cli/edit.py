@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 from .. import __version__, devices, guidance, sizing
@@ -15,6 +18,8 @@ from ..errors import IP2PError
 from ..headless import schedulers
 
 logger = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # images per model call; more only adds memory, not speed
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,7 +34,12 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--instruction", required=True, help='the edit, e.g. "make it winter"; empty returns the input')
     p.add_argument("--out", required=True, help="output .png (or folder, for a folder input)")
     p.add_argument("--negative", default="", help='the "no text" conditioning (default: empty)')
-    p.add_argument("--steps", type=int, default=100, help="sampling steps (default: 100, as the paper)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help=f"sampling steps, 1 to {schedulers.MAX_STEPS} (default: 100, as the paper)",
+    )
     p.add_argument("--text-cfg", type=float, default=guidance.DEFAULT_TEXT_CFG, help="s_T, text guidance (7.5)")
     p.add_argument("--image-cfg", type=float, default=guidance.DEFAULT_IMAGE_CFG, help="s_I, image guidance (1.5)")
     p.add_argument(
@@ -45,14 +55,24 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         choices=sizing.RESIZE_POLICIES,
         help="paper: long side to --max-side; keep: input size",
     )
-    p.add_argument("--max-side", type=int, default=sizing.DEFAULT_MAX_SIDE, help="long side for --resize paper (512)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=sizing.DEFAULT_MAX_SIDE,
+        help=f"long side for --resize paper (512; at most {sizing.MAX_MAX_SIDE})",
+    )
     p.add_argument(
         "--max-input-side",
         type=int,
         default=sizing.DEFAULT_MAX_INPUT_SIDE,
-        help=f"refuse inputs with a longer side (default {sizing.DEFAULT_MAX_INPUT_SIDE})",
+        help=f"refuse inputs with a longer side (default {sizing.DEFAULT_MAX_INPUT_SIDE}, at most {sizing.MAX_MAX_INPUT_SIDE})",
     )
-    p.add_argument("--batch", type=int, default=1, help="edit up to N images of equal size per model call (1)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help=f"edit up to N images of equal size per model call (1; at most {MAX_BATCH}); the result does not depend on it",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
     p.set_defaults(handler=run)
@@ -77,18 +97,28 @@ def _settings(args: argparse.Namespace):
 
 
 def collect_inputs(image: Path) -> tuple[list[Path], bool]:
-    """The images to edit and whether the input is a folder; non-image files are skipped with a warning."""
-    from ..images import is_image_file
+    """The images to edit and whether the input is a folder.
+
+    In a folder, hidden files and subfolders are passed over; other files that are not images, or
+    not regular files (a FIFO would block the run), are skipped with a warning.
+    """
+    from ..images import is_image_file, is_regular_file
 
     if not image.exists():
         raise IP2PError(f"Input not found: {image}. Pass an image file or a folder of images.")
     if not image.is_dir():
+        if not is_regular_file(image):
+            raise IP2PError(
+                f"--image {image} is not a regular file (a FIFO, socket or device). Pass an image file or a folder."
+            )
         return [image], False
     found: list[Path] = []
     for path in sorted(image.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or path.is_dir():
             continue
-        if is_image_file(path):
+        if not is_regular_file(path):
+            logger.warning("Skipping %s: not a regular file (a FIFO, socket, device or broken link)", path)
+        elif is_image_file(path):
             found.append(path)
         else:
             logger.warning("Skipping %s: not an image", path)
@@ -97,16 +127,59 @@ def collect_inputs(image: Path) -> tuple[list[Path], bool]:
     return found, True
 
 
+MAX_NAME_BYTES = 255  # the longest file name common filesystems accept
+_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def output_names(inputs: list[Path]) -> list[str]:
+    """One PNG name per input, distinct even on case-insensitive filesystems.
+
+    ``<stem>.png`` when no other input shares the stem (ignoring case), else ``<stem>_<ext>.png``
+    (``a.png`` → ``a_png.png``, ``a.jpg`` → ``a_jpg.png``); a name still taken (say by an input
+    called ``a_png.png``, which keeps ``a_png.png``) gets ``_2``, ``_3`` … before ``.png``.
+    """
+    stems = Counter(p.stem.casefold() for p in inputs)
+    plain = [stems[p.stem.casefold()] == 1 for p in inputs]
+    preferred = [
+        p.stem if own or not p.suffix else f"{p.stem}_{p.suffix[1:]}" for p, own in zip(inputs, plain, strict=True)
+    ]
+    names = [""] * len(inputs)
+    taken: set[str] = set()
+    # Inputs with a stem of their own claim their names first; the renamed ones fit around them.
+    for index in sorted(range(len(inputs)), key=lambda i: not plain[i]):
+        name, count = f"{preferred[index]}.png", 1
+        while name.casefold() in taken:
+            count += 1
+            name = f"{preferred[index]}_{count}.png"
+        taken.add(name.casefold())
+        names[index] = name
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise IP2PError(
+                f"The output name for {inputs[index]} would be longer than {MAX_NAME_BYTES} bytes. "
+                f"Rename the input shorter."
+            )
+    return names
+
+
 def plan_outputs(inputs: list[Path], folder_input: bool, out: Path) -> list[Path]:
-    """Where each edit goes: OUT itself, or OUT/<name>.png (OUT a folder) — never onto an input."""
-    if folder_input or out.is_dir():
+    """Where each edit goes: OUT itself (one image), or OUT/<name>.png (a folder) — never onto an input."""
+    if folder_input:
         if out.exists() and not out.is_dir():
             raise IP2PError(f"--out {out} is a file, but the input is a folder. Pass a folder for --out.")
-        stems = [p.stem for p in inputs]
-        targets = [
-            out / (f"{p.stem}.png" if stems.count(p.stem) == 1 else f"{p.name.replace('.', '_')}.png") for p in inputs
-        ]
+        if not out.exists() and out.suffix.lower() in _FILE_SUFFIXES:
+            raise IP2PError(
+                f"--out {out} names a file, but --image is a folder of images. Pass a folder for --out "
+                f"(e.g. {out.with_suffix('')})."
+            )
+        if out.exists() and out.resolve() == inputs[0].parent.resolve():
+            raise IP2PError(f"--out {out} is the input folder. Pass another folder so no input can be replaced.")
+        targets = [out / name for name in output_names(inputs)]
     else:
+        if out.is_dir():
+            raise IP2PError(
+                f"--out {out} is an existing folder, but one image is written to a file. "
+                f"Give the .png path to write (e.g. {out / (inputs[0].stem + '.png')})."
+            )
         if out.suffix.lower() != ".png":
             raise IP2PError(
                 f"--out {out} must end in .png: edits are written as PNG with their settings. Give a .png path."
@@ -114,9 +187,46 @@ def plan_outputs(inputs: list[Path], folder_input: bool, out: Path) -> list[Path
         targets = [out]
     resolved_inputs = {p.resolve() for p in inputs}
     for target in targets:
-        if target.resolve() in resolved_inputs:
+        if target.resolve() in resolved_inputs or (target.exists() and any(_same(target, p) for p in inputs)):
             raise IP2PError(f"--out would overwrite the input {target}. Choose another output path.")
     return targets
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(targets: list[Path], out: Path) -> None:
+    """Find an output that cannot be written before the model runs; the message names ``--out``.
+
+    Each target folder (or, when it does not exist yet, its nearest existing ancestor, where it
+    will be created) is probed by creating and removing a temporary file; nothing is left behind.
+    """
+    for target in targets:
+        if target.exists() and not target.is_file():
+            what = "a folder" if target.is_dir() else "not a regular file"
+            raise IP2PError(f"--out {out}: {target} exists and is {what}. Move it away or choose another --out.")
+    for folder in sorted({target.parent for target in targets}):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise IP2PError(
+                f"--out {out}: {existing} is a file, so the folder {folder} cannot be made there. Choose another --out."
+            )
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".ip2p-write-check-", dir=existing)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise IP2PError(
+                f"--out {out}: cannot write in {existing} ({reason}). Choose a folder you can write to, "
+                f"or fix its permissions."
+            ) from None
+        os.close(handle)
+        os.unlink(probe)
 
 
 def preflight(inputs: list[Path], max_input_side: int) -> None:
@@ -144,58 +254,78 @@ def group_by_size(inputs: list[Path], batch: int) -> list[list[int]]:
 
 
 def edit_metadata(settings, model, source: Path, batch_size: int, batch_index: int) -> dict:
-    """What a PNG records: enough to reproduce the edit and to know which model made it."""
-    return {
-        "instruction": settings.instruction,
-        "negative": settings.negative,
-        "seed": settings.seed,
-        "steps": settings.steps,
-        "text_cfg": settings.text_cfg,
-        "image_cfg": settings.image_cfg,
-        "sampler": settings.sampler,
-        "scheduler": settings.scheduler,
-        "resize": settings.resize,
-        "max_side": settings.max_side,
-        "model_hash": model.model_hash,
-        "model": Path(model.source).name if model.source else "",
-        "source_image": source.name,
-        "batch_size": batch_size,
-        "batch_index": batch_index,
-        "ip2p_version": __version__,
-    }
+    """What a PNG records: the settings that applied, with dtype and device, and which model made it.
+
+    Enough to reproduce the edit from the PNG alone. An empty instruction applies nothing (the
+    input comes back as it was), so only the instruction is recorded then; ``max_side`` only
+    under ``--resize paper``.
+    """
+    metadata: dict = {"instruction": settings.instruction}
+    if not settings.is_empty:
+        metadata.update(
+            negative=settings.negative,
+            seed=settings.seed,
+            steps=settings.steps,
+            text_cfg=settings.text_cfg,
+            image_cfg=settings.image_cfg,
+            sampler=settings.sampler,
+            scheduler=settings.scheduler,
+            resize=settings.resize,
+        )
+        if settings.resize == "paper":
+            metadata["max_side"] = settings.max_side
+        metadata.update(dtype=str(model.unet.dtype).removeprefix("torch."), device=str(model.unet.device))
+    metadata.update(
+        model_hash=model.model_hash,
+        model=Path(model.source).name if model.source else "",
+        source_image=source.name,
+        batch_size=batch_size,
+        batch_index=batch_index,
+        ip2p_version=__version__,
+    )
+    return metadata
 
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.batch < 1:
-        raise IP2PError(f"--batch is {args.batch}; give a whole number ≥ 1.")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise IP2PError(f"--batch is {args.batch}; give a whole number from 1 to {MAX_BATCH}.")
     device = devices.resolve_device(args.device)
     dtype = devices.resolve_dtype(args.dtype, device)
+    out = Path(args.out)
     inputs, folder_input = collect_inputs(Path(args.image))
-    targets = plan_outputs(inputs, folder_input, Path(args.out))
+    targets = plan_outputs(inputs, folder_input, out)
+    check_writable(targets, out)
     preflight(inputs, settings.max_input_side)
     chunks = group_by_size(inputs, args.batch)
 
     import torch
 
-    from ..headless.editor import edit
+    from ..headless.editor import NonFiniteEditError, edit
     from ..headless.loading import load_edit_model
     from ..images import load_image, save_png
 
     if settings.is_empty:
         logger.warning("The instruction is empty: the images are written unchanged.")
     model = load_edit_model(args.model, require_edit=True, device=str(device), dtype=dtype)
-    for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
-    bar = _image_bar(len(inputs), show=len(inputs) > 1)
+    bar = _image_bar(len(inputs), show=len(inputs) > 1 and not args.quiet)
+    written = 0
     try:
         for chunk in chunks:
             batch = torch.cat([load_image(inputs[i], max_input_side=settings.max_input_side) for i in chunk])
-            edited = edit(model, batch, settings, progress=not args.quiet)
+            try:
+                edited = edit(model, batch, settings, progress=not args.quiet)
+            except IP2PError as exc:
+                rows = exc.rows if isinstance(exc, NonFiniteEditError) else range(len(chunk))
+                failed = ", ".join(str(inputs[chunk[row]]) for row in rows)
+                kept = f"the {written} edit(s) finished before it are kept" if written else "nothing was written"
+                raise IP2PError(f"{failed}: {exc} The run stopped there; {kept}.") from exc
             for row, index in enumerate(chunk):
                 metadata = edit_metadata(settings, model, inputs[index], len(chunk), row)
                 save_png(edited[row], targets[index], metadata)
+                written += 1
                 logger.info("Wrote %s", targets[index])
             if bar is not None:
                 bar.update(len(chunk))

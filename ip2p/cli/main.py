@@ -21,15 +21,17 @@ from collections.abc import Sequence  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..errors import IP2PError  # noqa: E402
-from . import convert, demo, edit  # noqa: E402
+from ..formats.atomic import Terminated, interrupts_unwind  # noqa: E402
+from . import convert, dataset, demo, edit, train  # noqa: E402
 
 logger = logging.getLogger("ip2p")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 # Commands in help order.
-COMMANDS = (edit, convert, demo)
+COMMANDS = (edit, convert, demo, dataset, train)
 
 
 class Parser(argparse.ArgumentParser):
@@ -83,22 +85,26 @@ class _TerminalLogging:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 Ctrl-C, 143 SIGTERM).
+
+    SIGINT and SIGTERM unwind the command like an exception, so every temporary file and folder is
+    removed on the way out (:mod:`ip2p.formats.atomic`); outputs already finished stay.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     try:
-        with _TerminalLogging(args.quiet):
+        with interrupts_unwind(), _TerminalLogging(args.quiet):
             return args.handler(args)
     except IP2PError as exc:
         print_error(str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         print_error(f"{exc.strerror or exc}: {exc.filename}. Check the path.")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated for SIGTERM
         print_error("interrupted; no partial output was written.")
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USER_ERROR
 
 

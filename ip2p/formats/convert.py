@@ -11,7 +11,6 @@ SD 1.5 UNet.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IP2PError
-from .checkpoint import detect_format, load_single_file
+from .checkpoint import detect_format, load_single_file, read_json_object
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -434,12 +433,14 @@ def _component_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
 
 
 def _component_config(folder: Path, component: str) -> dict:
-    try:
-        return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IP2PError(
-            f"{folder / component / 'config.json'} cannot be read ({exc}). Re-save the model folder."
-        ) from exc
+    return read_json_object(folder / component / "config.json", "Re-save the model folder.")
+
+
+def _config_layout_error(config_file: Path, exc: Exception) -> IP2PError:
+    return IP2PError(
+        f"{config_file} does not describe a Stable Diffusion {config_file.parent.name} ({type(exc).__name__}: {exc}). "
+        f"Copy the file again from the model's source, or re-save the model folder."
+    )
 
 
 def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -451,10 +452,23 @@ def load_diffusers_as_original(folder: str | os.PathLike) -> dict[str, torch.Ten
     folder = Path(folder)
     if detect_format(folder) != "diffusers":
         raise IP2PError(f"{folder} is not a diffusers model folder (no model_index.json).")
-    return diffusers_to_original(
-        _component_weights(folder, "unet"),
-        _component_weights(folder, "vae"),
-        text_original_to_diffusers(_component_weights(folder, "text_encoder")),
-        _component_config(folder, "unet"),
-        _component_config(folder, "vae"),
-    )
+    unet_config = _component_config(folder, "unet")
+    vae_config = _component_config(folder, "vae")
+    unet = _checked(unet_diffusers_to_original, _component_weights(folder, "unet"), unet_config, folder / "unet")
+    vae = _checked(vae_diffusers_to_original, _component_weights(folder, "vae"), vae_config, folder / "vae")
+    text = text_original_to_diffusers(_component_weights(folder, "text_encoder"))
+    out: StateDict = {}
+    out.update({UNET_PREFIX + k: v for k, v in unet.items()})
+    out.update({VAE_PREFIX + k: v for k, v in vae.items()})
+    out.update({TEXT_PREFIX + k: v for k, v in text_diffusers_to_original(text).items()})
+    return out
+
+
+def _checked(function, state: StateDict, config: Mapping, component: Path) -> StateDict:
+    """``function(state, config)``, with a config whose values do not fit (wrong types, missing keys) named."""
+    try:
+        return function(state, config)
+    except IP2PError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise _config_layout_error(component / "config.json", exc) from exc

@@ -1,9 +1,11 @@
 """The headless editor: InstructPix2Pix on diffusers modules with our dual guidance.
 
-It does what diffusers' ``StableDiffusionInstructPix2PixPipeline`` does, draw for draw (one CPU
-``torch.Generator`` per call, the initial latents drawn first, the same generator passed to the
-scheduler's steps), so the same seed with euler / euler_ancestral and scheduler "normal" gives
-the pipeline's image. It differs where the pipeline is wrong for this model: guidance is never
+It does what diffusers' ``StableDiffusionInstructPix2PixPipeline`` does, draw for draw: one CPU
+``torch.Generator`` per image, each seeded with the seed (the pipeline given ``generator=[g1, g2, …]``;
+for one image, the pipeline given one generator), the initial latents drawn first, the same
+generators passed to the scheduler's steps. So the same seed with euler / euler_ancestral and
+scheduler "normal" gives the pipeline's image, and an image's edit does not depend on its batch.
+A result with NaN or inf values is refused (:class:`NonFiniteEditError`), never returned. It differs where the pipeline is wrong for this model: guidance is never
 switched off for ``image_cfg < 1`` or ``text_cfg <= 1``, the branches come from
 :class:`ip2p.guidance.Guidance` (two or one when a scale is 1), the input-image latent follows
 the model family's scaling convention, and the image is sized by :mod:`ip2p.sizing`.
@@ -52,10 +54,14 @@ class EditSettings:
         for name in ("instruction", "negative"):
             if not isinstance(getattr(self, name), str):
                 raise IP2PError(f"{name} must be text, got {type(getattr(self, name)).__name__}.")
-        if not _is_int(self.steps) or self.steps < 1:
-            raise IP2PError(f"steps is {self.steps!r}; give a whole number of sampling steps ≥ 1 (the paper uses 100).")
+        if not _is_int(self.steps) or not 1 <= self.steps <= schedulers.MAX_STEPS:
+            raise IP2PError(
+                f"steps is {self.steps!r}; give a whole number of sampling steps from 1 to {schedulers.MAX_STEPS} "
+                f"(the paper uses 100)."
+            )
         self.guidance()  # checks both scales
         schedulers.check_names(self.sampler, self.scheduler)
+        schedulers.check_steps(self.sampler, self.scheduler, self.steps)  # on SD's schedule; edit() rechecks
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise IP2PError(f"seed is {self.seed!r}; give a whole number from 0 to {MAX_SEED}.")
         if self.resize not in sizing.RESIZE_POLICIES:
@@ -64,8 +70,15 @@ class EditSettings:
             )
         if not _is_int(self.max_side) or (self.resize == "paper" and self.max_side < 64):
             raise IP2PError(f"max_side is {self.max_side!r}; the paper policy needs a whole number ≥ 64 (try 512).")
-        if not _is_int(self.max_input_side) or self.max_input_side < sizing.MIN_SIDE:
-            raise IP2PError(f"max_input_side is {self.max_input_side!r}; give a whole number ≥ {sizing.MIN_SIDE}.")
+        if self.max_side > sizing.MAX_MAX_SIDE:
+            raise IP2PError(
+                f"max_side is {self.max_side}; give at most {sizing.MAX_MAX_SIDE} (SD 1.5 models edit best at 512)."
+            )
+        if not _is_int(self.max_input_side) or not sizing.MIN_SIDE <= self.max_input_side <= sizing.MAX_MAX_INPUT_SIDE:
+            raise IP2PError(
+                f"max_input_side is {self.max_input_side!r}; give a whole number from {sizing.MIN_SIDE} to "
+                f"{sizing.MAX_MAX_INPUT_SIDE}."
+            )
 
     def guidance(self) -> Guidance:
         """The two scales as one checked value."""
@@ -75,6 +88,33 @@ class EditSettings:
     def is_empty(self) -> bool:
         """An empty or blank instruction edits nothing (the input comes back unchanged)."""
         return not self.instruction.strip()
+
+
+class NonFiniteEditError(IP2PError):
+    """The edit came out NaN or infinite; ``rows`` are the batch rows affected."""
+
+    def __init__(self, message: str, rows: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def check_finite_result(values: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse NaN/inf latents or pixels, naming the rows and the likely causes; never write them as an image."""
+    bad = ~torch.isfinite(values).flatten(1).all(dim=1)
+    if not bad.any():
+        return
+    rows = tuple(int(i) for i in bad.nonzero().flatten().tolist())
+    which = f" (batch rows {', '.join(map(str, rows))})" if values.shape[0] > 1 else ""
+    precision = (
+        f"or the scales overflow {str(dtype).removeprefix('torch.')}: run in float32 (--dtype float32)"
+        if dtype != torch.float32
+        else "or the guidance scales are too large for it"
+    )
+    raise NonFiniteEditError(
+        f"The edit came out NaN or infinite{which}: the model's weights likely contain NaN/inf values (check or "
+        f"re-download the model file), {precision}. Nothing was written for it.",
+        rows,
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -147,13 +187,19 @@ def _progress(total: int, enabled: bool):
 
 
 def _start_latents(
-    model: EditModel, shape: tuple[int, ...], noise: torch.Tensor | None, generator: torch.Generator, dtype, device
+    model: EditModel,
+    shape: tuple[int, ...],
+    noise: torch.Tensor | None,
+    generators: list[torch.Generator],
+    dtype,
+    device,
 ) -> torch.Tensor:
     if noise is None:
         from diffusers.utils.torch_utils import randn_tensor
 
-        # The pipeline's own draw: one call for the whole batch, on the CPU generator.
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        # The pipeline's own draw: with a list, one (1, C, h, w) draw per image from its own generator
+        # (a list of one is drawn exactly as a single generator is).
+        return randn_tensor(shape, generator=generators, device=device, dtype=dtype)
     if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise IP2PError(f"noise must be a tensor of shape {shape} (the unscaled starting latent), got {got}.")
@@ -196,11 +242,14 @@ def edit(
     unet = model.unet
     device, dtype = unet.device, unet.dtype
     batch = working.shape[0]
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    # One CPU generator per image, each seeded with the seed (diffusers' ``generator=[g1, g2, …]``):
+    # an image's starting and per-step noise never depend on the batch it is edited in.
+    generators = [torch.Generator(device="cpu").manual_seed(settings.seed) for _ in range(batch)]
 
     if sigmas is None:
         scheduler = schedulers.make_scheduler(model.scheduler_config, settings.sampler, settings.scheduler)
-        scheduler.set_timesteps(settings.steps, device=device)
+        # Refuses a schedule this model cannot run (steps past its timesteps); starts at index 0.
+        schedulers.set_steps(scheduler, settings.steps, settings.sampler, settings.scheduler, device=device)
         timesteps = scheduler.timesteps
     else:
         scheduler = schedulers.explicit_sigma_scheduler(model.scheduler_config, settings.sampler, settings.scheduler)
@@ -211,13 +260,13 @@ def edit(
     image_latent = encode_image_latent(model, working).to(device=device, dtype=dtype)
 
     shape = (batch, model.vae.config.latent_channels, working.shape[-2] // factor, working.shape[-1] // factor)
-    latents = _start_latents(model, shape, noise, generator, dtype, device)
+    latents = _start_latents(model, shape, noise, generators, dtype, device)
     latents = latents * _start_sigma_scale(scheduler, sigmas)
 
     guide = settings.guidance()
     branches = guide.branches
     text_batch, image_batch = branch_inputs(branches, text, no_text, image_latent)
-    step_kwargs = _step_kwargs(scheduler, generator)
+    step_kwargs = _step_kwargs(scheduler, generators)
 
     bar = _progress(len(timesteps), progress)
     try:
@@ -227,6 +276,7 @@ def edit(
             prediction = unet(model_input, t, encoder_hidden_states=text_batch, return_dict=False)[0]
             guided = guide.combine_batch(prediction)
             latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+            check_finite_result(latents, dtype)  # stop at the first bad step, not after all of them
             if bar is not None:
                 bar.update()
     finally:
@@ -234,6 +284,7 @@ def edit(
             bar.close()
 
     edited = decode_latents(model, latents)
+    check_finite_result(edited, model.vae.dtype)
     return sizing.restore(edited, (width, height), settings.resize)
 
 
@@ -247,14 +298,18 @@ def _start_sigma_scale(scheduler, sigmas: torch.Tensor | None):
     return (1 + first**2) ** 0.5 if first >= sigma_max * (1 - 1e-5) else first
 
 
-def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
-    """The pipeline's extra step arguments: the generator (ancestral noise) and DDIM's eta = 0."""
+def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
+    """The pipeline's extra step arguments: the generators (ancestral noise) and DDIM's eta = 0.
+
+    Every diffusers scheduler we map draws its step noise with ``randn_tensor``, which takes the list
+    as the pipeline passes it: each image's noise from its own generator, as for the start.
+    """
     import inspect
 
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict = {}
     if "generator" in accepted:
-        kwargs["generator"] = generator
+        kwargs["generator"] = generators
     if "eta" in accepted:
         kwargs["eta"] = 0.0
     return kwargs

@@ -9,7 +9,6 @@ single files also carry their exact configs in the safetensors metadata.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -21,10 +20,12 @@ from ..errors import IP2PError
 from ..formats import convert
 from ..formats.checkpoint import (
     EDM_VPRED_KEY,
+    META_KEY,
     detect_format,
     load_single_file,
     missing_diffusers_components,
     read_ip2p_metadata,
+    read_json_object,
     read_unet_facts,
 )
 from ..formats.hashing import model_hash
@@ -98,34 +99,92 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     module.eval()
 
 
-def _component_error(path: Path, name: str, exc: Exception) -> IP2PError:
+def _brief(exc: BaseException) -> str:
+    """``Type: first line`` of a library's error, short enough for a one-line message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _component_error(path: Path, name: str, exc: BaseException) -> IP2PError:
     return IP2PError(
-        f"Could not load {name}/ of the diffusers model {path}: {type(exc).__name__}: {exc}. "
+        f"Could not load {path / name} (the {name}/ of the diffusers model {path}): {_brief(exc)}. "
         f"The folder may be incomplete or damaged: copy {name}/ again from the model's source."
     )
 
 
+def _weights_kind(path: Path, name: str) -> str:
+    """``"safetensors"`` or ``"pickle"`` (only ``.bin`` weights): which reader a component's weights need."""
+    files = [p for p in (path / name).iterdir() if p.is_file()]
+    if any(p.suffix.lower() == ".safetensors" for p in files):
+        return "safetensors"
+    if any(p.suffix.lower() == ".bin" for p in files):
+        return "pickle"
+    raise IP2PError(
+        f"{path / name} holds no weights (expected *.safetensors, or *.bin). The folder may be incomplete: "
+        f"copy {name}/ again from the model's source."
+    )
+
+
+def _built(config_file: Path, factory):
+    """A module built on the meta device from a config; a config whose values do not fit names its file."""
+    try:
+        return _on_meta(factory)
+    except IP2PError:
+        raise
+    except Exception as exc:  # diffusers/transformers raise anything from a bad value: TypeError, KeyError, ...
+        raise IP2PError(
+            f"{config_file} does not describe a model that can be built ({_brief(exc)}). Copy the file again "
+            f"from the model's source, or re-save the model with save_pretrained."
+        ) from exc
+
+
+def _from_pickled_weights(path: Path, name: str, config: dict, build) -> torch.nn.Module:
+    """A component whose weights are ``.bin`` pickles: built from its config, the weights read by our
+    restricted reader (never diffusers'/transformers' own ``torch.load``)."""
+    state = convert._component_weights(path, name)
+    module = _built(path / name / "config.json", lambda: build(config))
+    return _assign_weights(module, state, name, path / name)
+
+
 def _load_diffusers(path: Path, family, dtype: torch.dtype) -> EditModel:
     diffusers, transformers = libraries()
+    read_json_object(path / "model_index.json")
     modules = {}
     for name, cls in (("unet", diffusers.UNet2DConditionModel), ("vae", diffusers.AutoencoderKL)):
+        config = read_json_object(path / name / "config.json")
+        if _weights_kind(path, name) == "pickle":
+            modules[name] = _from_pickled_weights(path, name, config, cls.from_config)
+            continue
         try:
-            modules[name] = cls.from_pretrained(str(path), subfolder=name, local_files_only=True, torch_dtype=dtype)
-        except (OSError, ValueError, RuntimeError) as exc:
+            modules[name] = cls.from_pretrained(
+                str(path), subfolder=name, local_files_only=True, torch_dtype=dtype, use_safetensors=True
+            )
+        except Exception as exc:  # a damaged folder raises anything: OSError, KeyError, SafetensorError, ...
             raise _component_error(path, name, exc) from exc
-    try:
-        text_encoder = transformers.CLIPTextModel.from_pretrained(str(path / "text_encoder"), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _component_error(path, "text_encoder", exc) from exc
+    text_config = read_json_object(path / "text_encoder" / "config.json")
+    if _weights_kind(path, "text_encoder") == "pickle":
+
+        def build_text(config: dict) -> torch.nn.Module:
+            return transformers.CLIPTextModel(transformers.CLIPTextConfig.from_dict(config))
+
+        state = convert.text_original_to_diffusers(convert._component_weights(path, "text_encoder"))
+        text_encoder = _built(path / "text_encoder" / "config.json", lambda: build_text(text_config))
+        state = text_to_module_layout(state, text_encoder)
+        text_encoder = _assign_weights(text_encoder, state, "text encoder", path / "text_encoder")
+    else:
+        try:
+            text_encoder = transformers.CLIPTextModel.from_pretrained(
+                str(path / "text_encoder"), local_files_only=True, use_safetensors=True
+            )
+        except Exception as exc:
+            raise _component_error(path, "text_encoder", exc) from exc
     try:
         tokenizer = load_clip_tokenizer(path / "tokenizer")
-    except (OSError, ValueError) as exc:
+    except IP2PError:
+        raise
+    except Exception as exc:
         raise _component_error(path, "tokenizer", exc) from exc
-    scheduler_file = path / "scheduler" / "scheduler_config.json"
-    try:
-        scheduler_config = json.loads(scheduler_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _component_error(path, "scheduler", exc) from exc
+    scheduler_config = read_json_object(path / "scheduler" / "scheduler_config.json")
     return EditModel(
         unet=modules["unet"],
         vae=modules["vae"],
@@ -167,6 +226,22 @@ def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], wha
     return module
 
 
+def _bad_configs(source: str, exc: BaseException, what: str = "model") -> IP2PError:
+    return IP2PError(
+        f"The {what} config in {source} does not fit a Stable Diffusion model ({_brief(exc)}). Re-export the model "
+        f"with this toolkit, or remove the {META_KEY!r} entry to load it with configs inferred from the weights."
+    )
+
+
+def _built_from(source: str, what: str, factory) -> torch.nn.Module:
+    try:
+        return _on_meta(factory)
+    except IP2PError:
+        raise
+    except Exception as exc:  # diffusers/transformers raise anything from a bad config value
+        raise _bad_configs(source, exc, what) from exc
+
+
 def _single_file_tokenizer(path: Path, vocab_size: int, metadata: dict):
     source = str(metadata.get("tokenizer") or "")
     if source.startswith("synthetic") or vocab_size != CLIP_VOCAB_SIZE:
@@ -192,12 +267,22 @@ def _load_single_file(path: Path, family, dtype: torch.dtype) -> EditModel:
     if EDM_VPRED_KEY in state:  # pragma: no cover - CosXL is SDXL, refused before this point
         raise IP2PError(f"{path} is an EDM v-prediction model, not supported headless yet.")
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}  # cast once, before building
-    weights, chosen = convert.original_to_diffusers(state, configs)
+    source = f"the {META_KEY!r} metadata of {path}" if configs else f"the configs inferred from {path}"
+    try:
+        weights, chosen = convert.original_to_diffusers(state, configs)
+    except IP2PError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise _bad_configs(source, exc) from exc
     del state
-    unet = _on_meta(lambda: diffusers.UNet2DConditionModel.from_config(chosen["unet"]))
-    vae = _on_meta(lambda: diffusers.AutoencoderKL.from_config(chosen["vae"]))
-    text_config = transformers.CLIPTextConfig(**chosen["text_encoder"])
-    text_encoder = _on_meta(lambda: transformers.CLIPTextModel(text_config))
+    unet = _built_from(source, "UNet", lambda: diffusers.UNet2DConditionModel.from_config(chosen["unet"]))
+    vae = _built_from(source, "VAE", lambda: diffusers.AutoencoderKL.from_config(chosen["vae"]))
+    text_encoder = _built_from(
+        source,
+        "text encoder",
+        lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**chosen["text_encoder"])),
+    )
+    text_config = text_encoder.config
     unet = _assign_weights(unet, weights["unet"], "UNet", path)
     vae = _assign_weights(vae, weights["vae"], "VAE", path)
     text_state = text_to_module_layout(weights["text_encoder"], text_encoder)

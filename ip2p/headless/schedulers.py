@@ -25,7 +25,10 @@ timestep whose sigma is nearest in log space — and are accepted by the one-sig
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,8 +115,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec(
             "uni_pc",
             "UniPCMultistepScheduler",
-            {"solver_type": "bh1", "solver_order": 3, "predict_x0": True},
-            "close: UniPC bh1 order 3 in both; ComfyUI drops the penultimate sigma",
+            # bh1's last step to sigma 0 is 0·inf = NaN in diffusers: end at sigma_min, as ComfyUI ends at 0.001.
+            {"solver_type": "bh1", "solver_order": 3, "predict_x0": True, "final_sigmas_type": "sigma_min"},
+            "close: UniPC bh1 order 3 in both; ComfyUI drops the penultimate sigma; ends at sigma_min, not 0",
         ),
         SamplerSpec(
             "uni_pc_bh2",
@@ -171,15 +175,129 @@ SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULES)
 EXPLICIT_SIGMA_SAMPLERS = ("euler", "euler_ancestral", "ddim")
 
 
+MAX_STEPS = 1000  # SD's training schedule has 1000 timesteps: more steps cannot add any
+SD_TRAIN_TIMESTEPS = 1000
+# Samplers whose diffusers class repeats timesteps on purpose (two model calls per step).
+_INTERLEAVED = ("heun", "dpm_2", "dpm_2_ancestral")
+
+
+def _normalise(name: str) -> str:
+    """A1111 / k-diffusion spellings in ComfyUI's form: "DPM++ 2M Karras" → "dpmpp_2m_karras"."""
+    text = name.strip().lower().replace("++", "pp").replace("+", "p")
+    text = "_".join(text.replace("-", " ").replace(".", " ").replace("_", " ").split())
+    if text.startswith("k_"):
+        text = text[2:]
+    return {"euler_a": "euler_ancestral", "unipc": "uni_pc", "dpm2": "dpm_2", "dpm2_a": "dpm_2_ancestral"}.get(
+        text, text
+    )
+
+
+def _split_combined(name: str) -> tuple[str, str] | None:
+    """(sampler, scheduler) when ``name`` is an A1111-style combination such as ``dpmpp_2m_karras``."""
+    text = _normalise(name)
+    for schedule in SCHEDULER_NAMES:
+        if text.endswith("_" + schedule) and _normalise(text[: -len(schedule) - 1]) in SAMPLERS:
+            return _normalise(text[: -len(schedule) - 1]), schedule
+    return None
+
+
+def _hint(name: str, valid: tuple[str, ...]) -> str:
+    """ " Did you mean …?" for a mistyped name, or the split of an A1111 sampler+scheduler name."""
+    combined = _split_combined(name)
+    if combined is not None:
+        return f" It looks like an A1111-style name: use --sampler {combined[0]} --scheduler {combined[1]}."
+    normalised = _normalise(name)
+    if normalised in valid:
+        return f" Did you mean {normalised!r}?"
+    close = difflib.get_close_matches(normalised, valid, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def check_names(sampler: str, scheduler: str) -> None:
-    """Refuse unknown sampler or scheduler names, listing the valid ones."""
+    """Refuse unknown sampler or scheduler names, with a suggestion and the valid ones."""
     if sampler not in SAMPLERS:
         raise IP2PError(
-            f"Unknown sampler {sampler!r}. Choose one of: {', '.join(SAMPLER_NAMES)} "
-            f"(ComfyUI's names; see docs/samplers.md for how each maps to diffusers)."
+            f"Unknown sampler {sampler!r}.{_hint(str(sampler), SAMPLER_NAMES)} Choose one of: "
+            f"{', '.join(SAMPLER_NAMES)} (ComfyUI's names; see docs/samplers.md for how each maps to diffusers)."
         )
     if scheduler not in SCHEDULES:
-        raise IP2PError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+        raise IP2PError(
+            f"Unknown scheduler {scheduler!r}.{_hint(str(scheduler), SCHEDULER_NAMES)} "
+            f"Choose one of: {', '.join(SCHEDULER_NAMES)}."
+        )
+
+
+def check_steps(sampler: str, scheduler: str, steps: int, scheduler_config: dict | None = None) -> None:
+    """Refuse a number of steps the sampler/scheduler pair cannot run on this noise schedule.
+
+    ``scheduler_config`` is the model's (SD 1.5's when not given). See :func:`set_steps`.
+    """
+    check_names(sampler, scheduler)
+    problem = _schedule_problem(sampler, scheduler, steps, _config_key(scheduler_config))
+    if problem:
+        raise IP2PError(problem)
+
+
+def set_steps(instance, steps: int, sampler: str, scheduler: str, device: str | torch.device | None = None) -> None:
+    """``instance.set_timesteps(steps)`` as the editor runs it, refusing a schedule that cannot run.
+
+    Besides the bound of :data:`MAX_STEPS`, some diffusers schedulers break near the number of
+    training timesteps: with "leading" spacing (SD 1.5's "normal", and "ddim_uniform") the offset
+    pushes the first timestep past the last trained one, and the multistep solvers'
+    ``T // (steps + 1)`` ratio collapses every timestep to one. Those are refused here rather than
+    crashing or returning NaN mid-edit. The step index starts at 0 even when a schedule repeats
+    its first timestep (beta, karras with many steps): diffusers would otherwise take the second
+    match, as for img2img, and step past the end.
+    """
+    instance.set_timesteps(steps, device=device)
+    if hasattr(instance, "set_begin_index"):
+        instance.set_begin_index(0)
+    train_steps = int(instance.config.get("num_train_timesteps", SD_TRAIN_TIMESTEPS))
+    if _runs(instance, steps, train_steps):
+        return
+    config = {k: v for k, v in dict(instance.config).items() if not k.startswith("_")}
+    start = min(steps, train_steps)
+    below = range(start - 1, max(0, start - 16), -1)  # the fit is never far below
+    fits = (n for n in below if _runs(_planned(config, sampler, scheduler, n), n, train_steps))
+    most = next((f"at most {n} steps" for n in fits), "fewer steps")
+    spacing = f"{instance.config.get('timestep_spacing', 'linspace')!r} spacing"
+    raise IP2PError(
+        f"steps is {steps}, but the {sampler!r} sampler on scheduler {scheduler!r} ({spacing}) cannot run that "
+        f"many on this model's {train_steps} training timesteps (diffusers would crash or return NaN). "
+        f"Use {most}, or --scheduler simple or karras."
+    )
+
+
+def _planned(config: dict, sampler: str, scheduler: str, steps: int):
+    instance = make_scheduler(config, sampler, scheduler)
+    instance.set_timesteps(steps)
+    return instance
+
+
+def _runs(instance, steps: int, train_steps: int) -> bool:
+    """Whether the timesteps lie on the trained ones and have not collapsed to one value."""
+    timesteps = instance.timesteps.double()
+    in_range = 0 <= float(timesteps.min()) and float(timesteps.max()) <= train_steps - 1
+    return in_range and (steps == 1 or timesteps.unique().numel() > 1)
+
+
+def _config_key(scheduler_config: dict | None) -> str:
+    if scheduler_config is None:
+        from .random_model import sd15_scheduler_config
+
+        scheduler_config = sd15_scheduler_config()
+    config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=256)
+def _schedule_problem(sampler: str, scheduler: str, steps: int, config_key: str) -> str:
+    """Why ``steps`` steps of ``sampler`` on ``scheduler`` cannot run on this schedule ("" when they can)."""
+    try:
+        set_steps(make_scheduler(json.loads(config_key), sampler, scheduler), steps, sampler, scheduler)
+    except IP2PError as exc:
+        return str(exc)
+    return ""
 
 
 def _diffusers_class(name: str):

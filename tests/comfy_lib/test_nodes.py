@@ -201,8 +201,8 @@ def test_guider_equals_the_paper_formula_over_three_separate_model_calls(nodes, 
     import comfy.sample
     import comfy.samplers
 
-    positive = nodes.sampler.encode_text(loaded.clip, "make it red")
-    negative = nodes.sampler.encode_text(loaded.clip, "")
+    positive = nodes.conditioning.encode_text(loaded.clip, "make it red")
+    negative = nodes.conditioning.encode_text(loaded.clip, "")
     positive, negative, latent = nodes.IP2PConditioning.execute(positive, negative, loaded.vae, image, "keep", 512)
     guider = nodes.IP2PDualCFGGuider.execute(loaded.model, positive, negative, 7.5, 1.5)[0]
     seen = {}
@@ -232,8 +232,8 @@ def test_custom_sampler_route_matches_the_one_node_sampler(nodes, loaded, image)
     import comfy.sample
     import comfy.samplers
 
-    positive = nodes.sampler.encode_text(loaded.clip, "make it red")
-    negative = nodes.sampler.encode_text(loaded.clip, "")
+    positive = nodes.conditioning.encode_text(loaded.clip, "make it red")
+    negative = nodes.conditioning.encode_text(loaded.clip, "")
     positive, negative, latent = nodes.IP2PConditioning.execute(positive, negative, loaded.vae, image, "keep", 512)
     guider = nodes.IP2PDualCFGGuider.execute(loaded.model, positive, negative, 7.5, 1.5)[0]
     sigmas = comfy.samplers.calculate_sigmas(loaded.model.get_model_object("model_sampling"), "normal", STEPS)

@@ -253,9 +253,10 @@ def test_ckpt_converts_to_identical_safetensors(tmp_path, fake_lightning):
 
 def test_conversion_separates_tensors_that_share_storage(tmp_path):
     base = torch.randn(4, 4)
-    torch.save({"a": base, "b": base[0]}, tmp_path / "shared.ckpt")
+    torch.save({"a": base[:1], "b": base[1:]}, tmp_path / "shared.ckpt")  # one flat buffer, two weights
     loaded = load_single_file(convert_ckpt_to_safetensors(tmp_path / "shared.ckpt"))
-    assert torch.equal(loaded["b"], base[0])
+    assert torch.equal(loaded["a"], base[:1])
+    assert torch.equal(loaded["b"], base[1:])
 
 
 def test_conversion_refuses_a_non_safetensors_destination(tmp_path):

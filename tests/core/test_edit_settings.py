@@ -25,6 +25,11 @@ def test_defaults_are_the_papers():
     ("change", "message"),
     [
         ({"steps": 0}, "steps is 0"),
+        ({"steps": 1001}, "steps is 1001.*from 1 to 1000"),
+        ({"steps": 1000}, "steps is 1000.*'normal'.*at most 999 steps"),
+        ({"max_side": 4097}, "max_side is 4097.*at most 4096"),
+        ({"max_input_side": 16385}, "max_input_side is 16385.*16384"),
+        ({"sampler": "dpmpp_2m_karras"}, "--sampler dpmpp_2m --scheduler karras"),
         ({"steps": -3}, "steps is -3"),
         ({"steps": 2.5}, "whole number"),
         ({"text_cfg": float("nan")}, "text_cfg is nan"),
@@ -53,3 +58,7 @@ def test_scales_diffusers_would_ignore_are_valid(text_cfg, image_cfg):
 @pytest.mark.parametrize("instruction", ["", "   ", "\n\t"])
 def test_blank_instructions_are_empty(instruction):
     assert EditSettings(instruction).is_empty
+
+
+def test_the_most_steps_run_on_a_schedule_that_reaches_them():
+    assert EditSettings("make it winter", steps=1000, sampler="euler", scheduler="karras").steps == 1000

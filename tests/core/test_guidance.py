@@ -96,9 +96,3 @@ def test_scales_are_stored_as_floats_once_checked():
     value = Guidance(7, 1)
     assert (value.text_cfg, value.image_cfg) == (7.0, 1.0)
     assert isinstance(value.text_cfg, float)
-
-
-def test_the_weakest_branch_is_the_last_one_computed():
-    assert Guidance(7.5, 1.5).weakest is Branch.UNCOND
-    assert Guidance(7.5, 1.0).weakest is Branch.IMAGE
-    assert Guidance(1.0, 1.0).weakest is Branch.FULL

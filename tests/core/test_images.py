@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from ip2p import images
 from ip2p.errors import IP2PError
@@ -167,3 +169,70 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypat
         images.save_png(torch.zeros(3, 8, 8), target, {"instruction": "x"})
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+# -- hostile files: one error naming the file, never a traceback or a hang ---------------------
+
+
+def _huge_text_png(tmp_path) -> str:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)  # tiny compressed, huge inflated
+    return _save(Image.new("RGB", (8, 8)), tmp_path, "bomb-text.png", pnginfo=info)
+
+
+def test_an_oversized_text_chunk_is_one_error_naming_the_file(tmp_path):
+    path = _huge_text_png(tmp_path)
+    assert images.is_image_file(path)  # an image, refused when read: never skipped silently
+    for read in (images.load_image, images.image_size, images.read_metadata):
+        with pytest.raises(IP2PError, match=r"bomb-text\.png.*text chunk"):
+            read(path)
+
+
+@pytest.mark.parametrize("limit", [8 * 8 - 1, (8 * 8 - 1) // 2], ids=["warning", "error"])
+def test_a_decompression_bomb_is_one_error_naming_the_file(tmp_path, monkeypatch, limit):
+    path = _save(Image.new("RGB", (8, 8)), tmp_path, "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # 64 px over the limit: Pillow warns; over 2×: raises
+    assert images.is_image_file(path)
+    for read in (images.load_image, images.image_size, images.read_metadata):
+        with pytest.raises(IP2PError, match=r"bomb\.png is too large to decode safely"):
+            read(path)
+
+
+def test_a_truncated_png_is_one_error_for_metadata_too(tmp_path):
+    path = tmp_path / "cut.png"
+    images.save_png(torch.rand(3, 64, 64), path, {"instruction": "x"})
+    path.write_bytes(path.read_bytes()[:60])
+    for read in (images.load_image, images.read_metadata):
+        with pytest.raises(IP2PError, match=r"cut\.png"):
+            read(path)
+
+
+def test_metadata_that_is_not_json_is_one_error_naming_the_file(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text(images.METADATA_KEY, "{not json")
+    path = _save(Image.new("RGB", (8, 8)), tmp_path, "odd.png", pnginfo=info)
+    with pytest.raises(IP2PError, match=r"odd\.png.*not valid JSON"):
+        images.read_metadata(path)
+
+
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came
+    assert not images.is_image_file(fifo)
+    for read in (images.load_image, images.image_size, images.read_metadata):
+        with pytest.raises(IP2PError, match=r"pipe\.png is not a regular file"):
+            read(fifo)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_float_image_with_non_finite_pixels_is_refused(tmp_path, bad):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[2, 3] = bad
+    path = _save(Image.fromarray(pixels, "F"), tmp_path, "float.tif")
+    with pytest.raises(IP2PError, match=r"float\.tif.*NaN or infinite"):
+        images.load_image(path)
+
+
+def test_a_finite_float_image_loads(tmp_path):
+    path = _save(Image.fromarray(np.full((8, 8), 0.25, dtype=np.float32), "F"), tmp_path, "float.tif")
+    np.testing.assert_allclose(_pixels(images.load_image(path)), 0.25, atol=1e-6)

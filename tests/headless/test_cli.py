@@ -35,6 +35,9 @@ EXPECTED_METADATA = {
     "scheduler",
     "steps",
     "resize",
+    "max_side",
+    "dtype",
+    "device",
     "model_hash",
 }
 
@@ -106,6 +109,7 @@ def test_edit_writes_a_png_recording_the_settings_and_model_hash(tiny_single_fil
     assert (metadata["instruction"], metadata["negative"], metadata["seed"]) == ("make it red", "blurry", 7)
     assert (metadata["text_cfg"], metadata["image_cfg"], metadata["steps"]) == (6.0, 1.2, 2)
     assert (metadata["sampler"], metadata["scheduler"], metadata["resize"]) == ("euler", "normal", "paper")
+    assert (metadata["max_side"], metadata["dtype"], metadata["device"]) == (64, "float32", "cpu")
     assert "ip2p edit" in capsys.readouterr().err  # the progress bar
 
 
@@ -133,6 +137,28 @@ def test_a_folder_is_edited_image_by_image_at_each_size(tiny_single_file, tmp_pa
         assert Image.open(out / (Path(name).stem + ".png")).size == size
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
     assert "notes.txt" in capsys.readouterr().err  # skipped with a warning
+
+
+def test_keep_records_no_max_side_since_it_did_not_apply(tiny_single_file, tmp_path):
+    image, out = _write_image(tmp_path / "in.png", 48, 40), tmp_path / "out.png"
+    assert cli.main(_edit_args(tiny_single_file, image, out, "--resize", "keep")) == 0
+    metadata = read_metadata(out)
+    assert metadata["resize"] == "keep" and "max_side" not in metadata
+
+
+def test_the_result_does_not_depend_on_batch(tiny_single_file, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(3):
+        _write_image(folder / f"{index}.png", seed=index)
+    ancestral = ["--sampler", "euler_ancestral"]  # per-step noise too
+    assert cli.main(_edit_args(tiny_single_file, folder, tmp_path / "one", *ancestral, "--batch", "1", "-q")) == 0
+    assert cli.main(_edit_args(tiny_single_file, folder, tmp_path / "three", *ancestral, "--batch", "3", "-q")) == 0
+    for index in range(3):
+        one = np.asarray(Image.open(tmp_path / "one" / f"{index}.png"), dtype=np.int16)
+        three = np.asarray(Image.open(tmp_path / "three" / f"{index}.png"), dtype=np.int16)
+        assert np.abs(one - three).max() <= 1  # 1/255
+    assert read_metadata(tmp_path / "three" / "2.png")["batch_size"] == 3
 
 
 def test_batch_groups_images_of_equal_size(tiny_single_file, tmp_path, monkeypatch):
@@ -223,11 +249,20 @@ def test_a_ckpt_whose_pickle_would_run_code_is_refused_and_the_code_never_runs(t
         (["--text-cfg", "-1"], ["text_cfg", "≥ 0"]),
         (["--image-cfg", "nan"], ["image_cfg", "finite"]),
         (["--image-cfg", "-0.5"], ["image_cfg", "≥ 0"]),
-        (["--steps", "0"], ["steps is 0", "≥ 1"]),
+        (["--steps", "0"], ["steps is 0", "from 1 to 1000"]),
+        (["--steps", "1001"], ["steps is 1001", "from 1 to 1000"]),
+        (["--steps", "1000"], ["steps is 1000", "'normal'", "at most 999 steps"]),
+        (["--max-side", "4097"], ["max_side is 4097", "at most 4096"]),
+        (["--max-input-side", "16385"], ["max_input_side is 16385", "16384"]),
+        (["--batch", "65"], ["--batch is 65", "from 1 to 64"]),
+        (["--sampler", "dpmpp_2m_karras"], ["--sampler dpmpp_2m --scheduler karras"]),
+        (["--scheduler", "karas"], ["Unknown scheduler 'karas'", "did you mean 'karras'"]),
+        (["--device", "meta"], ["'meta' device cannot run"]),
+        (["--device", "xla"], ["'xla' device cannot run"]),
         (["--sampler", "k_euler"], ["Unknown sampler 'k_euler'", "euler_ancestral"]),
         (["--scheduler", "cosine"], ["Unknown scheduler 'cosine'", "karras"]),
         (["--resize", "stretch"], ["invalid choice", "paper"]),
-        (["--batch", "0"], ["--batch is 0", "≥ 1"]),
+        (["--batch", "0"], ["--batch is 0", "from 1 to 64"]),
         (["--steps", "two"], ["invalid int value"]),
         (["--device", "cuda:99"], ["cuda:99"]),
     ],

@@ -23,3 +23,9 @@ def test_demo_reuses_the_model_it_built(tmp_path):
     stamp = (tmp_path / "random-tiny-ip2p" / "model_index.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(tmp_path), "--steps", "1", "--seed", "1"]) == 0
     assert (tmp_path / "random-tiny-ip2p" / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_demo_quiet_passes_q_on_to_the_edit(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "1", "-q"]) == 0
+    assert "ip2p edit" not in capsys.readouterr().err  # no step bar
+    assert (tmp_path / "edited.png").is_file()

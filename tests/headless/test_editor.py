@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -59,6 +60,37 @@ def test_keep_resize_returns_the_input_size(tiny_model):
         result = edit(tiny_model, make_image(height=42, width=70), _settings(resize="keep"), progress=False)
     assert result.shape[-2:] == (42, 70)
     assert calls.inputs[0].shape[-2:] == (40 // 2, 72 // 2)  # edited at multiples of 8, latents ×½
+
+
+def test_an_images_edit_does_not_depend_on_its_batch(tiny_model):
+    images, settings = make_image(batch=3), _settings(sampler="euler_ancestral")  # per-step noise too
+    together = edit(tiny_model, images, settings, progress=False)
+    alone = torch.cat([edit(tiny_model, images[i : i + 1], settings, progress=False) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-4)
+
+
+def test_equal_images_in_one_batch_get_equal_edits(tiny_model):
+    images = make_image().expand(2, -1, -1, -1)  # each image has its own generator seeded with the seed
+    result = edit(tiny_model, images, _settings(sampler="euler_ancestral"), progress=False)
+    torch.testing.assert_close(result[0], result[1], rtol=0, atol=1e-4)
+
+
+def test_a_nan_result_is_refused_naming_the_likely_causes(tiny_model):
+    poisoned = dataclasses.replace(tiny_model, unet=copy.deepcopy(tiny_model.unet))
+    with torch.no_grad():
+        poisoned.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(IP2PError, match=r"NaN or infinite.*weights.*NaN/inf"):
+        edit(poisoned, make_image(), _settings(), progress=False)
+
+
+def test_steps_the_models_own_schedule_cannot_run_are_refused_before_sampling(tiny_model):
+    short = dataclasses.replace(
+        tiny_model, scheduler_config={**tiny_model.scheduler_config, "num_train_timesteps": 500}
+    )
+    settings = _settings(steps=600)  # fine on SD's 1000 timesteps, too many for this model's 500
+    with record_unet(tiny_model.unet) as calls, pytest.raises(IP2PError, match="500 training timesteps"):
+        edit(short, make_image(), settings, progress=False)
+    assert calls.rows == []
 
 
 def test_a_batch_edits_every_image(tiny_model):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -43,17 +47,89 @@ def test_the_issue_samplers_and_schedulers_are_offered():
     assert {"normal", "karras", "exponential"} <= set(schedulers.SCHEDULER_NAMES)
 
 
+@functools.cache
+def _built(sampler: str, scheduler: str):
+    """One constructed scheduler per pair (KDPM2's constructor alone takes half a second)."""
+    return schedulers.make_scheduler(sd15_scheduler_config(), sampler, scheduler)
+
+
+def _planned(sampler: str, scheduler: str, steps: int):
+    """A fresh scheduler set to ``steps`` exactly as the editor sets it (checks included)."""
+    instance = copy.deepcopy(_built(sampler, scheduler))
+    schedulers.set_steps(instance, steps, sampler, scheduler)
+    return instance
+
+
+def _run(instance, steps: int | None = None) -> torch.Tensor:
+    """Take ``steps`` steps (all by default) as the editor takes them: two images, one generator each."""
+    generators = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
+    kwargs = {"generator": generators} if "generator" in inspect.signature(instance.step).parameters else {}
+    sample = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * instance.init_noise_sigma
+    for t in instance.timesteps[:steps]:
+        prediction = 0.1 * torch.randn(sample.shape, generator=torch.Generator().manual_seed(int(t)))
+        sample = instance.step(prediction, t, instance.scale_model_input(sample, t), **kwargs, return_dict=False)[0]
+    return sample
+
+
 @pytest.mark.parametrize("sampler", schedulers.SAMPLER_NAMES)
 @pytest.mark.parametrize("scheduler", schedulers.SCHEDULER_NAMES)
-def test_every_sampler_runs_on_every_schedule(config, sampler, scheduler):
-    instance = schedulers.make_scheduler(config, sampler, scheduler)
-    instance.set_timesteps(6)
-    timesteps = instance.timesteps
-    assert len(timesteps) >= 6 and torch.isfinite(timesteps).all()
-    sample = torch.randn(1, 4, 4, 4)
-    for t in timesteps[:2]:
-        sample = instance.step(torch.randn_like(sample), t, instance.scale_model_input(sample, t), return_dict=False)[0]
-    assert torch.isfinite(sample).all()
+def test_every_pair_runs_to_a_finite_end_at_1_and_2_steps(sampler, scheduler):
+    for steps in (1, 2):
+        instance = _planned(sampler, scheduler, steps)
+        assert len(instance.timesteps) >= steps
+        assert torch.isfinite(_run(instance)).all(), f"{sampler}/{scheduler} at {steps} steps"
+
+
+@pytest.mark.parametrize("sampler", schedulers.SAMPLER_NAMES)
+@pytest.mark.parametrize("scheduler", schedulers.SCHEDULER_NAMES)
+def test_every_pair_runs_the_most_steps_allowed(sampler, scheduler):
+    try:
+        steps, instance = schedulers.MAX_STEPS, _planned(sampler, scheduler, schedulers.MAX_STEPS)
+    except IP2PError as exc:  # refused: then the most it names must run
+        steps = int(re.search(r"at most (\d+) steps", str(exc)).group(1))
+        instance = _planned(sampler, scheduler, steps)
+    assert steps >= schedulers.MAX_STEPS - 2  # at most the last one or two are refused
+    assert 0 <= float(instance.timesteps.min()) and float(instance.timesteps.max()) <= 999
+    # The first steps, where a collapsed or overflowing schedule breaks (all 1000 take minutes for lms).
+    assert torch.isfinite(_run(instance, 3)).all()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "steps", "most"),
+    [("ddim", "normal", 1000, 999), ("euler", "ddim_uniform", 1000, 999), ("dpmpp_2m", "normal", 999, 998)],
+)
+def test_steps_past_the_trained_timesteps_are_refused_with_the_most_that_fit(config, sampler, scheduler, steps, most):
+    with pytest.raises(IP2PError, match=f"steps is {steps}.*{sampler}.*{scheduler}.*at most {most} steps"):
+        schedulers.check_steps(sampler, scheduler, steps, config)
+
+
+def test_uni_pc_bh1_ends_at_sigma_min_where_diffusers_would_divide_by_zero():
+    instance = _planned("uni_pc", "normal", 6)
+    assert instance.config.final_sigmas_type == "sigma_min"
+    assert torch.isfinite(_run(instance)).all()
+
+
+def test_a_repeated_first_timestep_runs_from_index_0():
+    instance = _planned("dpmpp_2m", "beta", 50)
+    assert instance.timesteps[0] == instance.timesteps[1]  # beta at 50 steps: diffusers alone would skip one
+    assert torch.isfinite(_run(instance)).all()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "hint"),
+    [
+        ("dpmpp_2m_karras", "normal", "--sampler dpmpp_2m --scheduler karras"),
+        ("DPM++ 2M Karras", "normal", "--sampler dpmpp_2m --scheduler karras"),
+        ("euler_a", "normal", "Did you mean 'euler_ancestral'"),
+        ("eulr", "normal", "Did you mean 'euler'"),
+        ("euler", "karas", "Did you mean 'karras'"),
+        ("euler", "Karras", "Did you mean 'karras'"),
+        ("euler", "uni_pc_exponential", "--sampler uni_pc --scheduler exponential"),
+    ],
+)
+def test_unknown_names_get_a_suggestion(config, sampler, scheduler, hint):
+    with pytest.raises(IP2PError, match=re.escape(hint)):
+        schedulers.check_names(sampler, scheduler)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Completes the ComfyUI library host that tests/comfy_lib imports (PyPI's notcomfy, ComfyUI's `comfy` of 2024-11).
+"""Completes the ComfyUI library host that tests/comfy_lib and bench/ use (PyPI's notcomfy, ComfyUI's `comfy` of 2024-11).
 
 scripts/test.sh installs notcomfy and torchvision with ``pip install --no-deps --target DIR`` (and
 open_clip_torch, with --no-deps, into the venv); this step then makes DIR usable as a library:
@@ -11,7 +11,7 @@ open_clip_torch, with --no-deps, into the venv); this step then makes DIR usable
   ``app``, ``input``, ...). Only ``comfy``, ``comfy_extras`` and ``comfy_execution`` form the library,
   so the rest is removed: nothing else in DIR can shadow a module of ours.
 
-Usage: python scripts/comfy_lib_host.py DIR   (idempotent)
+Usage: python -m ip2p_hosts.install_comfy_lib DIR   (idempotent; ip2p_hosts.comfy_lib then sets the host up)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ip2p.formats.tokenizer import OPEN_CLIP_BPE, clip_vocab_from_bpe_list, write_tokenizer_files
 
-logger = logging.getLogger("comfy_lib_host")
+logger = logging.getLogger("install_comfy_lib")
 
 # The text tower of OpenAI's CLIP ViT-L/14 (Stable Diffusion 1.5's text encoder). ComfyUI reads
 # the layer sizes, the activation, the number of positions and the end token (for the pooled output).
@@ -59,7 +59,7 @@ def open_clip_bpe_list() -> Path:
     """open_clip's BPE list, located without importing open_clip (whose dependencies are not installed)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("comfy_lib_host: open_clip is not installed: pip install --no-deps open_clip_torch")
+        raise SystemExit("install_comfy_lib: open_clip is not installed: pip install --no-deps open_clip_torch")
     return Path(next(iter(spec.submodule_search_locations))) / OPEN_CLIP_BPE
 
 
@@ -75,7 +75,7 @@ def prune_server_folders(target: Path) -> None:
     """Remove every top-level folder notcomfy installs besides the library packages."""
     listings = list(target.glob(NOTCOMFY_TOP_LEVEL))
     if not listings:
-        raise SystemExit(f"comfy_lib_host: no notcomfy installed in {target} (expected {NOTCOMFY_TOP_LEVEL})")
+        raise SystemExit(f"install_comfy_lib: no notcomfy installed in {target} (expected {NOTCOMFY_TOP_LEVEL})")
     names = set(listings[0].read_text(encoding="utf-8").split()) - LIBRARY_PACKAGES
     for name in sorted(names):
         path = target / name

@@ -1,0 +1,213 @@
+"""Writing the paper's folder layout (the reader is :mod:`.paper_reader`).
+
+::
+
+    ROOT/seeds.json                 [[dir, [seed, ...]], ...]: the finished pairs, written by finish()
+    ROOT/NNNNNNN/prompt.json        {"caption": input caption, "edit": instruction, "output": edited caption}
+    ROOT/NNNNNNN/{seed}_0.png       the input image ({seed}_0.jpg with image_format="jpg", as the paper)
+    ROOT/NNNNNNN/{seed}_1.png       the edited image
+    ROOT/NNNNNNN/{seed}_{name}.png  extra images, always PNG (e.g. the toy world's 1-bit ``mask``)
+    ROOT/NNNNNNN/metadata.jsonl     one JSON object per seed: {"seed": …, p2p_threshold, cfg_scale, clip_sim_* …}
+
+``NNNNNNN`` is the prompt's index, seven digits. The writer writes the key ``caption`` as the
+paper's generator does (the reader also accepts ``input``, as in the released prompts).
+
+Atomic and resumable: every file appears whole (temp file + rename, :mod:`ip2p.formats.atomic`),
+and a pair's ``metadata.jsonl`` line is written last, so a pair counts as finished only when its
+line and both images exist. :meth:`PaperLayoutWriter.has` tells a resumed run which pairs to skip;
+:meth:`PaperLayoutWriter.finish` scans the folders and lists the finished pairs in ``seeds.json``,
+so several processes may write one dataset as long as each prompt folder has one writer (split
+the prompts between processes), and whichever finishes last (or a final ``finish()``) lists them
+all. For an all-or-nothing dataset, write into :func:`~ip2p.formats.atomic.atomic_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import IP2PError
+from ..formats.atomic import atomic_file
+
+FOLDER_DIGITS = 7
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}  # the pair's extension → PIL format
+PAIR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # what finish() accepts as an existing pair image
+_EXTRA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_TEXT_KEYS = ("caption", "input", "output")
+
+
+def folder_name(prompt_index: int) -> str:
+    """The prompt folder's name: the index in seven digits (``0000042``)."""
+    if prompt_index < 0:
+        raise IP2PError(f"A prompt index must be 0 or more (got {prompt_index}).")
+    return f"{prompt_index:0{FOLDER_DIGITS}d}"
+
+
+def _check_prompt(prompt: Mapping) -> dict:
+    edit = prompt.get("edit")
+    if not isinstance(edit, str) or not edit.strip():
+        raise IP2PError(f"A prompt needs a non-empty instruction under 'edit'; got {dict(prompt)!r}.")
+    for key in _TEXT_KEYS:
+        if key in prompt and not isinstance(prompt[key], str):
+            raise IP2PError(f"The prompt's {key!r} must be text; got {type(prompt[key]).__name__} in {dict(prompt)!r}.")
+    return dict(prompt)
+
+
+def _as_image(value, name: str) -> Image.Image:
+    """A PIL image from a PIL image or a numpy array (bool → 1-bit, uint8 H×W → L, H×W×3/4 → RGB/RGBA)."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool and value.ndim == 2:
+            return Image.fromarray(value)  # mode "1": a 1-bit PNG
+        if value.dtype == np.uint8 and (value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (3, 4))):
+            return Image.fromarray(value)
+    described = f"array {value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+    raise IP2PError(
+        f"Image {name!r} is a {described}; expected a PIL image, a bool H×W mask or a uint8 H×W(×3/4) array."
+    )
+
+
+def _save(image: Image.Image, path: Path, pil_format: str) -> None:
+    with atomic_file(path) as tmp:
+        if pil_format == "JPEG":
+            image.convert("RGB").save(tmp, format="JPEG", quality=95)
+        else:
+            image.save(tmp, format=pil_format)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _metadata_lines(path: Path) -> list[tuple[int | None, str]]:
+    """(seed or None when unreadable, line) for each non-empty line of a ``metadata.jsonl``."""
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            seed = int(json.loads(line)["seed"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            seed = None
+        lines.append((seed, line))
+    return lines
+
+
+class PaperLayoutWriter:
+    """Adds pairs to a dataset in the paper's layout at ``root`` (created if missing); see the module docstring.
+
+    ``image_format``: ``"png"`` (lossless; the toy world) or ``"jpg"`` (quality 95, as the paper's
+    data). Extra images are always PNG.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, image_format: str = "png") -> None:
+        if image_format not in IMAGE_FORMATS:
+            raise IP2PError(f"Unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}.")
+        self.root = Path(root)
+        self.image_format = image_format
+        self._known_prompts: dict[str, dict] = {}  # folders whose prompt.json this writer has checked
+
+    def folder(self, prompt_index: int) -> Path:
+        return self.root / folder_name(prompt_index)
+
+    def has(self, prompt_index: int, seed: int) -> bool:
+        """Whether the pair is finished: its ``metadata.jsonl`` line and both images exist (resume skips it)."""
+        folder = self.folder(prompt_index)
+        if not all((folder / f"{seed}_{side}.{self.image_format}").is_file() for side in (0, 1)):
+            return False
+        return any(s == seed for s, _ in _metadata_lines(folder / "metadata.jsonl"))
+
+    def add(
+        self,
+        prompt_index: int,
+        prompt: Mapping,
+        seed: int,
+        image0,
+        image1,
+        metadata: Mapping | None = None,
+        extra_images: Mapping | None = None,
+    ) -> Path:
+        """Write one pair (replacing an earlier one of the same seed) and return its folder.
+
+        ``prompt``: ``{"caption", "edit", "output"}`` (``edit`` required; other keys are kept).
+        A prompt folder that already holds a different ``prompt.json`` is refused. ``image0`` /
+        ``image1``: the input and edited images (PIL, or uint8 arrays). ``metadata``: JSON-ready
+        values recorded with ``"seed"`` on the pair's ``metadata.jsonl`` line. ``extra_images``:
+        name → image or bool mask, written as ``{seed}_{name}.png``.
+        """
+        seed = int(seed)
+        if seed < 0:
+            raise IP2PError(f"A pair's seed must be 0 or more (got {seed}).")
+        folder = self.folder(prompt_index)
+        prompt = _check_prompt(prompt)
+        extras = {}
+        for name, value in (extra_images or {}).items():
+            if not _EXTRA_NAME.match(name) or name in ("0", "1"):
+                raise IP2PError(f"Extra image name {name!r} is not usable in a file name; use letters, digits, _ or -.")
+            extras[name] = _as_image(value, name)
+        record = {"seed": seed, **{k: v for k, v in (metadata or {}).items() if k != "seed"}}
+        line = json.dumps(record, ensure_ascii=False, sort_keys=False)
+        pair = (_as_image(image0, "image0"), _as_image(image1, "image1"))
+
+        self._write_prompt(folder, prompt)
+        for side, image in enumerate(pair):
+            _save(image, folder / f"{seed}_{side}.{self.image_format}", IMAGE_FORMATS[self.image_format])
+        for name, image in extras.items():
+            _save(image, folder / f"{seed}_{name}.png", "PNG")
+        # Last: the line that marks the pair finished (the whole file rewritten atomically).
+        path = folder / "metadata.jsonl"
+        lines = [text for s, text in _metadata_lines(path) if s != seed] + [line]
+        _write_text(path, "\n".join(lines) + "\n")
+        return folder
+
+    def _write_prompt(self, folder: Path, prompt: dict) -> None:
+        if self._known_prompts.get(folder.name) == prompt:
+            return
+        path = folder / "prompt.json"
+        if path.is_file():
+            try:
+                existing = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                existing = None
+            if existing != prompt:
+                raise IP2PError(
+                    f"{path} already holds another prompt ({existing!r}, not {prompt!r}). Each prompt needs its own "
+                    f"index; to rewrite this dataset, write into an empty folder."
+                )
+        else:
+            _write_text(path, json.dumps(prompt, ensure_ascii=False, indent=1) + "\n")
+        self._known_prompts[folder.name] = prompt
+
+    def finish(self) -> list[list]:
+        """Write ``seeds.json`` listing every finished pair under ``root``; return its entries."""
+        entries: list[list] = []
+        if self.root.is_dir():
+            with os.scandir(self.root) as found:
+                folders = sorted(e.name for e in found if e.is_dir() and not e.name.startswith("."))
+            for name in folders:
+                folder = self.root / name
+                if not (folder / "prompt.json").is_file():
+                    continue
+                names = set(os.listdir(folder))
+                seeds = sorted(
+                    {
+                        seed
+                        for seed, _ in _metadata_lines(folder / "metadata.jsonl")
+                        if seed is not None
+                        and all(any(f"{seed}_{side}{ext}" in names for ext in PAIR_EXTENSIONS) for side in (0, 1))
+                    }
+                )
+                if seeds:
+                    entries.append([name, seeds])
+        _write_text(self.root / "seeds.json", json.dumps(entries) + "\n")
+        return entries

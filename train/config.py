@@ -1,0 +1,419 @@
+"""The trainer's config: nested dataclasses with a comment on every default, one YAML file plus overrides.
+
+``load_config("sd15", ["data.path=/data/ip2p", "max_steps=40"])`` reads a shipped config by name (or
+a user's YAML file by path), applies dotted ``key=value`` overrides (values parsed as YAML scalars,
+so ``5e-5`` is a float, ``null`` is None, ``[5, 7.5]`` a list) and checks every value. Unknown keys
+are refused with the closest valid name. The resolved config is written as ``config.yaml`` in the
+run folder and in every checkpoint, so a run describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ip2p.errors import IP2PError
+from ip2p.training import check_dropout_rates
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    # The starting point: a diffusers folder or single file of an SD 1.5 model (4-channel base, widened
+    # to 8 channels; or an InstructPix2Pix model to continue), or "config:tiny" (random weights). No default.
+    base: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # The dataset: the paper's folder layout, or parquet / `datasets` folders (ip2p.datasets.reader). No default.
+    path: str | None = None
+    # Training size in pixels: the shorter side is resized to it, then a square random crop (the paper: 256).
+    resolution: int = 256
+    # Probability of a horizontal flip, the same flip for both images of a pair (the paper: 0.5).
+    flip: float = 0.5
+    # Role -> column name for parquet/arrow datasets (roles: input_image, edit_prompt, edited_image); {} = defaults.
+    columns: dict[str, str] = field(default_factory=dict)
+    # The split of a hub-style parquet or DatasetDict folder; null = "train" when there are several.
+    split: str | None = None
+    # DataLoader worker processes per training process (0: load in the training process).
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    # AdamW learning rate (the paper: 1e-4).
+    lr: float = 1e-4
+    # AdamW betas (diffusers' InstructPix2Pix script: 0.9, 0.999).
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # AdamW weight decay (diffusers' script: 1e-2).
+    weight_decay: float = 1e-2
+    # AdamW epsilon.
+    eps: float = 1e-8
+    # Gradient-norm clipping; null turns it off.
+    max_grad_norm: float | None = 1.0
+    # Linear learning-rate warm-up over this many optimizer steps, then constant (0: constant from the start).
+    warmup_steps: int = 0
+
+
+@dataclass
+class EMAConfig:
+    # Keep an exponential moving average of the UNet and export it (the paper does).
+    enabled: bool = True
+    # The EMA decay (the paper's LDM code: 0.9999).
+    decay: float = 0.9999
+    # LDM's warm-up: decay = min(decay, (1 + n) / (10 + n)) at update n, so early weights do not dominate.
+    warmup: bool = True
+
+
+@dataclass
+class DropoutConfig:
+    # Probability of dropping the instruction only (the empty prompt's embedding instead; the paper: 0.05).
+    text: float = 0.05
+    # Probability of dropping the input image only (an all-zeros image latent; the paper: 0.05).
+    image: float = 0.05
+    # Probability of dropping both (the paper: 0.05). One uniform draw decides, so the cases are exclusive.
+    both: float = 0.05
+
+
+@dataclass
+class ValidationConfig:
+    # Validation grids every N optimizer steps (0: never; the grids are not implemented yet).
+    every: int = 0
+    # Input images for the validation grids.
+    images: list[str] = field(default_factory=list)
+    # One instruction per validation image.
+    instructions: list[str] = field(default_factory=list)
+    # Text guidance scales s_T, one grid column each.
+    text_cfg: list[float] = field(default_factory=lambda: [7.5])
+    # Image guidance scales s_I, one grid row each.
+    image_cfg: list[float] = field(default_factory=lambda: [1.5])
+    # Sampling steps per validation image.
+    steps: int = 20
+
+
+@dataclass
+class CheckpointsConfig:
+    # Keep the newest N complete checkpoints (older complete ones are deleted); null keeps all.
+    total_limit: int | None = 3
+
+
+@dataclass
+class ExportConfig:
+    # Write export/model.safetensors in float16 (half the size; the diffusers folder stays float32).
+    fp16: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # The run folder: config.yaml, metrics.jsonl, checkpoints/, export/.
+    output_dir: str = "runs/ip2p"
+    # Samples per process per micro-batch (global batch = batch_size x processes x accumulation steps).
+    batch_size: int = 4
+    # Micro-batches accumulated per optimizer step.
+    gradient_accumulation_steps: int = 1
+    # Optimizer steps in the whole run (the paper: 10,000 at a global batch of 1024).
+    max_steps: int = 1000
+    # A checkpoint and an export every N optimizer steps (and always at the end).
+    save_every: int = 500
+    # Seeds the data order, augmentation, noise, timesteps and dropout (per sample, whatever the process count).
+    seed: int = 0
+    # accelerate's mixed precision: "no", "fp16" or "bf16" (the UNet's master weights stay float32).
+    mixed_precision: str = "no"
+    # Trade compute for memory in the UNet's backward pass.
+    gradient_checkpointing: bool = False
+
+
+# Keys that may change when a run is resumed; every other key must match the run's own config.
+RESUMABLE_KEYS = ("output_dir", "max_steps", "save_every", "checkpoints.", "validation.", "export.", "data.num_workers")
+
+
+# --------------------------------------------------------------------------------------------
+# Schema: the dotted leaf keys and their types
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def schema(cls=TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key (``"optim.lr"``) with its type."""
+    out: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out.update(schema(kind, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = kind
+    return out
+
+
+def _sections(cls=TrainConfig, prefix: str = "") -> set[str]:
+    hints = _hints(cls)
+    out: set[str] = set()
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.add(prefix + f.name)
+            out |= _sections(hints[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+def _unknown(key: str, where: str) -> IP2PError:
+    valid = list(schema()) + sorted(_sections())
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return IP2PError(f"Unknown config key {key!r} in {where}.{hint} The trainer's keys are listed in train/config.py.")
+
+
+def _flatten(data: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> {dotted leaf key: value}, unknown keys refused."""
+    leaves, sections = schema(), _sections()
+    if not isinstance(data, dict):
+        raise IP2PError(f"{where} must hold a mapping of config keys, got {type(data).__name__}.")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if dotted in leaves:
+            out[dotted] = value
+        elif dotted in sections:
+            if value is None:
+                continue
+            out.update(_flatten(value, where, dotted + "."))
+        else:
+            raise _unknown(dotted, where)
+    return out
+
+
+def _is_dict_type(kind: Any) -> bool:
+    return typing.get_origin(kind) is dict or kind is dict
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=5e-5"`` -> ``("optim.lr", 5e-05)`` (the value parsed as a YAML scalar or flow list)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise IP2PError(f"Override {text!r} is not key=value; write e.g. data.path=/data/ip2p or max_steps=40.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise IP2PError(f"Override {text!r}: the value is not valid YAML ({exc.problem}). Quote it.") from exc
+    return key, value
+
+
+def _apply_override(flat: dict[str, Any], key: str, value: Any) -> None:
+    leaves = schema()
+    if key in leaves:
+        flat[key] = value
+        return
+    head, _, role = key.rpartition(".")
+    if head in leaves and _is_dict_type(leaves[head]) and role:  # data.columns.edit_prompt=instruction
+        mapping = dict(flat.get(head) or {})
+        mapping[role] = value
+        flat[head] = mapping
+        return
+    raise _unknown(key, "the overrides")
+
+
+# --------------------------------------------------------------------------------------------
+# Type checks
+
+
+def _check_value(key: str, kind: Any, value: Any) -> Any:
+    """``value`` checked (and, for harmless cases such as 1 for a float, converted) against ``kind``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _check_value(key, rest[0], value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise IP2PError(f"{key} must be true or false, got {value!r}.")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise IP2PError(f"{key} must be a whole number, got {value!r}.")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-5" (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise IP2PError(f"{key} must be a number, got {value!r}.")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise IP2PError(f"{key} must be text, got {value!r}.")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_check_value(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise IP2PError(f"{key} must be a mapping, got {value!r}.")
+        return {str(k): _check_value(f"{key}.{k}", args[1], v) for k, v in value.items()}
+    raise TypeError(f"config: no rule for the type of {key}: {kind}")  # pragma: no cover - a new field type
+
+
+def _build(cls, flat: dict[str, Any], prefix: str = ""):
+    hints = _hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        kind = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(kind):
+            kwargs[f.name] = _build(kind, flat, key + ".")
+        elif key in flat:
+            kwargs[f.name] = _check_value(key, kind, flat[key])
+    return cls(**kwargs)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Refuse values that cannot work (each message names the key and the fix)."""
+    positive = {
+        "data.resolution": config.data.resolution,
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_steps": config.max_steps,
+        "save_every": config.save_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise IP2PError(f"{key} is {value}; it must be at least 1.")
+    if config.data.resolution % 8:
+        raise IP2PError(f"data.resolution is {config.data.resolution}; use a multiple of 8 (the paper: 256).")
+    if not 0.0 <= config.data.flip <= 1.0:
+        raise IP2PError(f"data.flip is {config.data.flip}; give a probability from 0 to 1 (the paper: 0.5).")
+    if config.data.num_workers < 0:
+        raise IP2PError(f"data.num_workers is {config.data.num_workers}; give 0 or more.")
+    check_dropout_rates(config.dropout.text, config.dropout.image, config.dropout.both)
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise IP2PError(f"mixed_precision is {config.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}.")
+    if not 0.0 <= config.ema.decay < 1.0:
+        raise IP2PError(f"ema.decay is {config.ema.decay}; give a number in [0, 1) (the paper: 0.9999).")
+    if config.optim.lr <= 0:
+        raise IP2PError(f"optim.lr is {config.optim.lr}; give a positive learning rate (the paper: 1e-4).")
+    if len(config.optim.betas) != 2:
+        raise IP2PError(f"optim.betas is {config.optim.betas}; give two numbers, e.g. [0.9, 0.999].")
+    if config.optim.warmup_steps < 0:
+        raise IP2PError(f"optim.warmup_steps is {config.optim.warmup_steps}; give 0 or more.")
+    limit = config.checkpoints.total_limit
+    if limit is not None and limit < 1:
+        raise IP2PError(f"checkpoints.total_limit is {limit}; give 1 or more, or null to keep every checkpoint.")
+    if config.validation.every:
+        raise IP2PError(
+            "validation.every is set, but validation grids are not implemented in this version of the trainer; "
+            "set validation.every=0."
+        )
+    if config.data.columns:
+        from ip2p.datasets.reader import resolve_columns
+
+        resolve_columns(config.data.columns)
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the trainer (``sd15``, ``toy``)."""
+    folder = resources.files(__package__).joinpath("configs")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_text(name_or_path: str | Path) -> tuple[str, str]:
+    """``(text, where)`` of a config given as a path to a YAML file or the name of a shipped config."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), str(path)
+    name = str(name_or_path).removesuffix(".yaml")
+    shipped = resources.files(__package__).joinpath("configs", f"{name}.yaml")
+    if "/" not in name and shipped.is_file():
+        return shipped.read_text(encoding="utf-8"), f"the shipped config {name!r}"
+    raise IP2PError(
+        f"Config {str(name_or_path)!r} is neither a YAML file nor a shipped config. Give a path, or one of: "
+        f"{', '.join(shipped_configs())}."
+    )
+
+
+def config_from_dict(data: dict | None, where: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A checked config from a (nested) mapping plus overrides."""
+    flat = _flatten(data or {}, where)
+    for text in overrides:
+        _apply_override(flat, *parse_override(text))
+    if flat.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
+        flat["mixed_precision"] = "no"
+    return validate(_build(TrainConfig, flat))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The resolved config: a YAML file (or a shipped config's name), then ``key=value`` overrides."""
+    text, where = read_config_text(name_or_path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise IP2PError(f"{where} is not valid YAML: {exc}. Fix the file.") from exc
+    return config_from_dict(data, where, overrides)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return asdict(config)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def read_saved_config(path: str | Path) -> TrainConfig:
+    """A run's or a checkpoint's ``config.yaml``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise IP2PError(f"{path} is not valid YAML ({exc}); the run folder is damaged.") from exc
+    return config_from_dict(data, str(path))
+
+
+def flat(config: TrainConfig) -> dict[str, Any]:
+    return _flatten(to_dict(config), "config")
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def differences(a: TrainConfig, b: TrainConfig, *, ignore_resumable: bool = True) -> list[str]:
+    """``["optim.lr: 0.0001 -> 5e-05", ...]`` for keys that differ (keys a resume may change left out)."""
+    fa, fb = flat(a), flat(b)
+    return [
+        f"{key}: {fa[key]!r} -> {fb[key]!r}"
+        for key in fa
+        if fa[key] != fb.get(key) and not (ignore_resumable and _resumable(key))
+    ]

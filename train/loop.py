@@ -1,0 +1,316 @@
+"""The training loop: setup, train, save, load as separate small steps (one :class:`Trainer`).
+
+Per optimizer step, for each of ``gradient_accumulation_steps`` micro-batches: the edited image is
+VAE-encoded (posterior sample × scaling factor: the diffusion target's latent), the input image to
+its posterior mode, unscaled (SD 1.5 InstructPix2Pix's image-latent convention), the instruction by
+the frozen text encoder; each sample draws its dropout, timestep and noise from its own generator
+(:mod:`ip2p.training`); the UNet predicts the noise from ``[noisy latent, image latent]`` and the
+text, and the loss is the MSE to the true noise (or velocity, for a v-prediction schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ip2p.errors import IP2PError
+from ip2p.training import apply_dropout, diffusion_draws, dropout_masks
+
+from . import checkpoints as ckpt
+from .config import TrainConfig, differences, read_saved_config, to_yaml
+from .data import PairStream, make_loader, open_training_data, tokenize
+from .model import EMA, freeze, load_base, model_for_export
+
+logger = logging.getLogger("ip2p.train")
+
+EXPORT = "export"
+
+
+def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), after refusing a folder that belongs to another run.
+
+    Nothing is written here, so a refused start leaves the folder as it was.
+    """
+    out = Path(config.output_dir).expanduser()
+    saved = out / ckpt.CONFIG
+    if resume:
+        checkpoint = ckpt.resolve_resume(resume, out)
+        theirs = read_saved_config(checkpoint / ckpt.CONFIG)
+        changed = differences(theirs, config)
+        if changed:
+            raise IP2PError(
+                f"Cannot resume {checkpoint} with different settings ({'; '.join(changed)}). Resume with the run's "
+                f"own config (only output_dir, max_steps, save_every, checkpoints.*, validation.*, export.* and "
+                f"data.num_workers may change), or start a new run in a new output_dir."
+            )
+        return checkpoint
+    if saved.is_file():
+        theirs = read_saved_config(saved)
+        changed = differences(theirs, config)
+        if changed:
+            raise IP2PError(
+                f"{out} holds another run (its config.yaml differs: {'; '.join(changed)}). Choose a new output_dir, "
+                f"or resume that run with its own settings and --resume latest."
+            )
+        if ckpt.complete_checkpoints(out):
+            raise IP2PError(
+                f"{out} already holds checkpoints of this run. Continue it with --resume latest, or choose a new "
+                f"output_dir to start over."
+            )
+    elif (out / ckpt.CHECKPOINTS).exists() or (out / ckpt.METRICS).exists():
+        raise IP2PError(
+            f"{out} holds checkpoints or metrics but no config.yaml: it is not a run folder this trainer can reuse. "
+            f"Choose a new output_dir."
+        )
+    return None
+
+
+def _lr_lambda(warmup_steps: int):
+    def factor(step: int) -> float:
+        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+    return factor
+
+
+class Trainer:
+    """One training run. ``dataset`` (a sequence of EditExample) replaces ``data.path`` (tests, notebooks)."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None, dataset: Sequence | None = None) -> None:
+        self.config = config
+        self.resume = resume
+        self.dataset = dataset
+        self.out = Path(config.output_dir).expanduser()
+        self.step = 0
+
+    # ---------------------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        c = self.config
+        if self.dataset is None and not c.data.path:
+            raise IP2PError("data.path is not set: give the dataset to train on, e.g. data.path=/data/ip2p.")
+        self.checkpoint = check_run_folder(c, self.resume)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps
+        )
+        set_seed(c.seed)
+        dataset = (
+            self.dataset if self.dataset is not None else open_training_data(c.data.path, c.data.columns, c.data.split)
+        )
+
+        model = load_base(c.model.base, c.seed)
+        self.model = model
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        for frozen in (model.vae, model.text_encoder):
+            freeze(frozen).to(acc.device)
+            if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, as diffusers' script
+                frozen.to(dtype=weight_dtype)
+        unet = model.unet.to(acc.device)
+        unet.requires_grad_(True).train()
+        if c.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.ema = EMA(unet, c.ema.decay, c.ema.warmup) if c.ema.enabled else None  # after widening: widened too
+        optimizer = torch.optim.AdamW(
+            unet.parameters(),
+            lr=c.optim.lr,
+            betas=tuple(c.optim.betas),
+            weight_decay=c.optim.weight_decay,
+            eps=c.optim.eps,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(c.optim.warmup_steps))
+        # The LR schedule is stepped once per optimizer step by us, not by accelerate (which steps it once
+        # per process), so warm-up counts optimizer steps whatever the process count.
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.lr_scheduler = scheduler
+        acc.register_for_checkpointing(scheduler)
+        if self.ema is not None:
+            acc.register_for_checkpointing(self.ema)
+        self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.weight_dtype = weight_dtype
+        with torch.no_grad():
+            ids = tokenize(model.tokenizer, [""]).to(acc.device)
+            self.empty_embedding = model.text_encoder(ids)[0]
+
+        if self.checkpoint is not None:
+            self.load(self.checkpoint)
+        self.stream = PairStream(dataset, model.tokenizer, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed)
+        self.loader = make_loader(
+            self.stream,
+            batch_size=c.batch_size,
+            process_index=acc.process_index,
+            num_processes=acc.num_processes,
+            start_micro=self.step * c.gradient_accumulation_steps,
+            num_workers=c.data.num_workers,
+        )
+        self._start_run_folder()
+
+    def _start_run_folder(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.write_text_atomic(self.out / ckpt.CONFIG, to_yaml(self.config))
+            ckpt.truncate_metrics(self.out, self.step)  # a fresh start keeps none; a resume drops the later steps
+            logger.info(
+                "Training %s -> %s: %d processes x batch %d x %d accumulation steps, from step %d to %d",
+                self.config.model.base,
+                self.out,
+                acc.num_processes,
+                self.config.batch_size,
+                self.config.gradient_accumulation_steps,
+                self.step,
+                self.config.max_steps,
+            )
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------- one step
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of one micro-batch (mean over its samples)."""
+        c, model, acc = self.config, self.model, self.accelerator
+        vae, dtype = model.vae, self.weight_dtype
+        with torch.no_grad():
+            edited = batch["edited"].to(acc.device, dtype=dtype)
+            source = batch["input"].to(acc.device, dtype=dtype)
+            posterior = vae.encode(edited).latent_dist
+            draws = diffusion_draws(
+                c.seed,
+                batch["position"].tolist(),
+                tuple(posterior.mean.shape[1:]),
+                self.noise_scheduler.config.num_train_timesteps,
+            )
+            latents = posterior.mean + posterior.std * draws.posterior.to(acc.device, dtype=posterior.mean.dtype)
+            latents = latents * model.latent_scaling_factor
+            image_latents = model.family.image_latent(
+                vae.encode(source).latent_dist.mode(), model.latent_scaling_factor
+            )
+            text = model.text_encoder(batch["input_ids"].to(acc.device))[0]
+            masks = dropout_masks(draws.u, c.dropout.text, c.dropout.image, c.dropout.both)
+            text, image_latents = apply_dropout(masks, text, self.empty_embedding, image_latents)
+            noise = draws.noise.to(acc.device, dtype=latents.dtype)
+            timesteps = draws.timesteps.to(acc.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            if self.prediction_type == "v_prediction":
+                target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+        model_input = torch.cat([noisy, image_latents], dim=1)
+        prediction = self.unet(model_input, timesteps, text, return_dict=False)[0]
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+    # ----------------------------------------------------------------------------------------- train
+
+    def train(self) -> Path:
+        """Train from the current step to ``max_steps``, saving every ``save_every`` steps and at the end."""
+        from tqdm.auto import tqdm
+
+        c, acc = self.config, self.accelerator
+        batches = iter(self.loader)
+        global_batch = c.batch_size * acc.num_processes * c.gradient_accumulation_steps
+        bar = tqdm(
+            total=c.max_steps, initial=self.step, desc="train", unit="step", disable=not acc.is_local_main_process
+        )
+        try:
+            while self.step < c.max_steps:
+                start = time.perf_counter()
+                losses = []
+                for _ in range(c.gradient_accumulation_steps):
+                    batch = next(batches)
+                    with acc.accumulate(self.unet):
+                        loss = self.loss(batch)
+                        acc.backward(loss)
+                        if acc.sync_gradients and c.optim.max_grad_norm is not None:
+                            acc.clip_grad_norm_(self.unet.parameters(), c.optim.max_grad_norm)
+                        self.optimizer.step()  # accelerate skips it until the last micro-batch
+                        self.optimizer.zero_grad(set_to_none=True)
+                    losses.append(loss.detach())
+                if not acc.sync_gradients:  # pragma: no cover - accelerate keeps the count aligned with ours
+                    raise RuntimeError("gradient accumulation out of step with the trainer's own count")
+                lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
+                self.lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(acc.unwrap_model(self.unet))
+                self.step += 1
+                step_loss = float(acc.gather(torch.stack(losses).mean()[None]).mean())
+                if not math.isfinite(step_loss):
+                    raise IP2PError(
+                        f"The loss became {step_loss} at step {self.step}. Lower optim.lr, or use "
+                        f"mixed_precision=bf16 instead of fp16."
+                    )
+                elapsed = time.perf_counter() - start
+                record = {
+                    "step": self.step,
+                    "loss": step_loss,
+                    "lr": lr,
+                    "samples_per_s": global_batch / elapsed if elapsed > 0 else None,
+                    "samples": self.step * global_batch,
+                }
+                self._log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", samples_per_s=f"{record['samples_per_s']:.1f}")
+                if self.step % c.save_every == 0 or self.step == c.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+        return self.out
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.out / ckpt.METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------ save, load
+
+    def save(self) -> Path:
+        """A complete checkpoint of this step, older ones pruned, and the export rewritten."""
+        acc = self.accelerator
+        path = ckpt.step_dir(self.out, self.step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.prepare_step_dir(self.out, self.step)
+        acc.wait_for_everyone()
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            ckpt.finish(path, self.step, to_yaml(self.config))
+            ckpt.prune(self.out, self.config.checkpoints.total_limit)
+            self.export()
+            logger.info("Saved %s and %s", path, self.out / EXPORT)
+        acc.wait_for_everyone()
+        return path
+
+    def load(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint))
+        self.step = ckpt.read_step(checkpoint)
+        logger.info("Resuming from %s (step %d)", checkpoint, self.step)
+
+    def export(self) -> None:
+        """``export/diffusers/`` and ``export/model.safetensors`` (EMA weights when EMA is on), each atomically."""
+        from ip2p.headless.export import save_diffusers, save_single_file
+
+        exported = model_for_export(self.model, self.accelerator.unwrap_model(self.unet), self.ema)
+        save_diffusers(exported, self.out / EXPORT / "diffusers")
+        save_single_file(
+            exported,
+            self.out / EXPORT / "model.safetensors",
+            dtype=torch.float16 if self.config.export.fp16 else None,
+        )
+
+
+def train(config: TrainConfig, resume: str | None = None, dataset: Sequence | None = None) -> Path:
+    """Set up and run one training run; returns the run folder."""
+    trainer = Trainer(config, resume=resume, dataset=dataset)
+    trainer.setup()
+    try:
+        return trainer.train()
+    finally:
+        trainer.accelerator.end_training()

@@ -1,0 +1,131 @@
+"""The model to train: the base loaded offline, conv_in widened to 8 channels, VAE and text encoder frozen; the EMA."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+
+from ip2p.errors import IP2PError
+from ip2p.headless.components import EditModel
+from ip2p.headless.widen import widen_model
+from ip2p.training import ema_decay
+
+logger = logging.getLogger(__name__)
+
+CONFIG_PREFIX = "config:"
+
+
+def load_base(base: str | None, seed: int = 0) -> EditModel:
+    """``model.base`` -> an 8-channel (InstructPix2Pix) model in float32 on the CPU.
+
+    ``config:NAME`` builds the named architecture of :mod:`ip2p.headless.random_model` with random
+    weights; a path is a diffusers folder or a single file of an SD 1.5 model, 4-channel (widened
+    here: pretrained channels copied, new ones zero) or 8-channel (training continues from it).
+    """
+    if not base:
+        raise IP2PError(
+            "model.base is not set: give the model to start from, e.g. model.base=/models/v1-5-pruned-emaonly"
+            ".safetensors (an SD 1.5 checkpoint or diffusers folder) or model.base=config:tiny (random weights)."
+        )
+    if base.startswith(CONFIG_PREFIX):
+        from ip2p.headless.random_model import SIZES, build_random_model
+
+        name = base[len(CONFIG_PREFIX) :]
+        if name not in SIZES:
+            raise IP2PError(
+                f"model.base={base}: no architecture named {name!r}; use one of "
+                f"{', '.join(CONFIG_PREFIX + s for s in SIZES)}, or a model path."
+            )
+        return build_random_model(name, in_channels=8, seed=seed)
+    from ip2p.headless.loading import load_edit_model
+
+    path = Path(base).expanduser()
+    if not path.exists():
+        raise IP2PError(f"model.base={base} does not exist. Give an SD 1.5 checkpoint file or diffusers folder.")
+    try:
+        model = load_edit_model(path, require_edit=False)
+    except IP2PError as exc:
+        raise IP2PError(f"model.base={base} cannot be trained from: {exc}") from exc
+    if model.family.base != "sd15" or model.family.prediction != "epsilon":  # pragma: no cover - loader refuses first
+        raise IP2PError(f"model.base={base} is a {model.family.name} model; the trainer trains SD 1.5 models.")
+    if not model.family.is_edit_model:
+        logger.info("Widening %s's conv_in from 4 to 8 input channels (the 4 new ones start at zero)", base)
+        widen_model(model)
+    return model
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.requires_grad_(False)
+    return module.eval()
+
+
+class EMA:
+    """An exponential moving average of a module's trainable parameters (float32, on the module's device).
+
+    Checkpointed through accelerate (``register_for_checkpointing``: ``state_dict`` / ``load_state_dict``).
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float, warmup: bool = True) -> None:
+        self.decay, self.warmup = decay, warmup
+        self.updates = 0
+        self.shadow = [p.detach().clone().float() for p in module.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = ema_decay(self.decay, self.updates, self.warmup)
+        params = [p for p in module.parameters() if p.requires_grad]
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        for shadow, p in zip(self.shadow, (p for p in module.parameters() if p.requires_grad), strict=True):
+            p.copy_(shadow.to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise IP2PError("The checkpoint's EMA does not fit this model (a different number of parameters).")
+        self.updates = int(state["updates"])
+        self.shadow = [s.to(device=t.device, dtype=t.dtype) for s, t in zip(state["shadow"], self.shadow, strict=True)]
+
+
+def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself when it is already float32 on the CPU, else a float32 CPU copy."""
+    p = next(module.parameters())
+    if p.device.type == "cpu" and p.dtype == torch.float32:
+        return module
+    return copy.deepcopy(module).to(device="cpu", dtype=torch.float32).eval()
+
+
+def model_for_export(model: EditModel, unet: torch.nn.Module, ema: EMA | None) -> EditModel:
+    """A float32 CPU view of the model to save, with the EMA weights in the UNet when there is an EMA.
+
+    The training modules are never moved or modified: the UNet is always copied (the EMA weights go
+    into the copy), the frozen VAE and text encoder only when they are not float32 on the CPU.
+    """
+    # copy=True: on a float32 CPU UNet, .to() alone would share storage, and the EMA weights copied into
+    # the export would overwrite the weights being trained.
+    state = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True) for k, v in unet.state_dict().items()}
+    exported_unet = _empty_like(unet)
+    exported_unet.load_state_dict(state, strict=True, assign=True)
+    if ema is not None:
+        ema.copy_to(exported_unet)
+    exported = copy.copy(model)
+    exported.unet = exported_unet.eval()
+    exported.vae = _cpu_copy(model.vae)
+    exported.text_encoder = _cpu_copy(model.text_encoder)
+    return exported
+
+
+def _empty_like(module: torch.nn.Module) -> torch.nn.Module:
+    """A module of the same class and config built on the meta device (weights to be assigned)."""
+    with torch.device("meta"):
+        if hasattr(module, "from_config"):  # diffusers
+            return type(module).from_config(module.config)
+        return type(module)(module.config)  # pragma: no cover - only UNets are rebuilt here
