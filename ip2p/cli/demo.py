@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from . import edit
+
 logger = logging.getLogger(__name__)
 
 DEMO_SIZE = 64  # the tiny model's native size (its VAE downsamples ×2)
@@ -43,14 +45,11 @@ def prepare(out_dir: Path) -> tuple[Path, Path]:
     return model_dir, input_path
 
 
-def edit_arguments(
-    model_dir: Path, input_path: Path, out_path: Path, steps: int, seed: int, quiet: bool = False
-) -> list[str]:
-    """The ``ip2p edit`` command line the demo runs; ``quiet`` passes ``-q`` on (no step bar)."""
+def edit_arguments(model_dir: Path, input_path: Path, out_path: Path, steps: int, seed: int) -> list[str]:
+    """The ``ip2p edit`` arguments the demo runs."""
     return [
-        "edit", "--model", str(model_dir), "--image", str(input_path), "--instruction", DEMO_INSTRUCTION,
+        "--model", str(model_dir), "--image", str(input_path), "--instruction", DEMO_INSTRUCTION,
         "--out", str(out_path), "--steps", str(steps), "--seed", str(seed), "--max-side", str(DEMO_SIZE),
-        *(["-q"] if quiet else []),
     ]  # fmt: skip
 
 
@@ -72,11 +71,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     model_dir, input_path = prepare(out_dir)
     edited = out_dir / "edited.png"
-    from .main import build_parser
-
-    argv = edit_arguments(model_dir, input_path, edited, args.steps, args.seed, quiet=args.quiet)
-    edit_args = build_parser().parse_args(argv)
-    status = edit_args.handler(edit_args)
+    edit_args = edit.parse_arguments(edit_arguments(model_dir, input_path, edited, args.steps, args.seed))
+    edit_args.quiet = args.quiet  # no step bar under -q
+    status = edit.run(edit_args)
     if status == 0:
         logger.info(
             "Demo done: %s -> %s. The embedded model has RANDOM weights (built from configs), so the edit is "

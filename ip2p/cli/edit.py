@@ -78,6 +78,13 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=run)
 
 
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """``ip2p edit``'s own arguments parsed alone, for commands that run an edit (the demo)."""
+    parser = argparse.ArgumentParser(prog="ip2p")
+    add(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    return parser.parse_args(["edit", *argv])
+
+
 def _settings(args: argparse.Namespace):
     from ..headless.editor import EditSettings
 
