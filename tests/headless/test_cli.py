@@ -352,3 +352,19 @@ def test_the_console_entry_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: steps is 0") and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-q", "convert", "--ckpt", "m.ckpt"],
+        ["convert", "-q", "--ckpt", "m.ckpt"],
+        ["convert", "--ckpt", "m.ckpt", "--quiet"],
+    ],
+)
+def test_quiet_is_accepted_before_or_after_the_command(argv):
+    assert cli.build_parser().parse_args(argv).quiet is True
+
+
+def test_quiet_is_off_unless_given():
+    assert cli.build_parser().parse_args(["convert", "--ckpt", "m.ckpt"]).quiet is False
