@@ -1,10 +1,10 @@
 """Random-weight models with real architectures, for tests, benchmarks and plumbing demos.
 
 No pretrained weights can be downloaded where this project is tested, so every check runs on
-models built here: "tiny" (seconds, 64 px) or "sd15" (the full SD 1.5 architecture, which
-ComfyUI detects by shape). Weights are random but deterministic in ``seed``; the full-size
-build skips the framework's slow initialisation and fills parameters from a shared random pool,
-so it takes seconds instead of minutes.
+models built here: "tiny" (seconds, 64 px), "sd15" (the full SD 1.5 architecture, which
+ComfyUI detects by shape) or "toy" (the toy world's model, :mod:`.toy_model`). Weights are random
+but deterministic in ``seed``; the full-size build skips the framework's slow initialisation and
+fills parameters from a shared random pool, so it takes seconds instead of minutes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .components import EditModel
 
 logger = logging.getLogger(__name__)
 
-SIZES = ("tiny", "sd15")
+SIZES = ("tiny", "sd15", "toy")
 _DIRECT_DRAW_LIMIT = 64_000_000  # parameters; above this, fill from a random pool (speed)
 _POOL_SIZE = 8_388_593  # a prime, so repeats of the pool never line up with tensor rows
 
@@ -139,7 +139,7 @@ def _tokenizer_for(vocab_size: int):
 def build_random_model(
     size: str = "tiny", in_channels: int = 8, seed: int = 0, *, dtype: torch.dtype = torch.float32
 ) -> EditModel:
-    """A random-weight model of a real architecture ("tiny" or "sd15"), deterministic in ``seed``.
+    """A random-weight model of a named architecture ("tiny", "sd15" or "toy"), deterministic in ``seed``.
 
     ``in_channels`` 8 gives an InstructPix2Pix UNet, 4 a base model.
     """
@@ -148,7 +148,12 @@ def build_random_model(
     config = architecture_config(size)
     config["unet"]["in_channels"] = in_channels
     unet, vae, text_encoder = build_modules(config, seed, dtype)
-    tokenizer, tokenizer_source = _tokenizer_for(config["text_encoder"]["vocab_size"])
+    if size == "toy":  # the toy world's vocabulary: every toy word one token
+        from .toy_model import toy_tokenizer
+
+        tokenizer, tokenizer_source = toy_tokenizer(config["text_encoder"]["vocab_size"]), "toy"
+    else:
+        tokenizer, tokenizer_source = _tokenizer_for(config["text_encoder"]["vocab_size"])
     source = f"random:{size}:{in_channels}ch:seed{seed}"
     return EditModel(
         unet=unet,

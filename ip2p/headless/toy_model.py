@@ -1,0 +1,354 @@
+"""The toy world's model: its vocabulary, its pretrained VAE, and the base folder the trainer fine-tunes.
+
+The architecture is ``configs/toy.json`` (:func:`~.random_model.build_random_model` ``("toy")``):
+
+- 64 px images, a VAE that downsamples ×4 to 16×16×4 latents;
+- a 3.2 M-parameter InstructPix2Pix UNet (8 input channels), block_out_channels (32, 64, 128),
+  cross-attention at 16×16 and 8×8 (and in the 4×4 mid block), plain ResNet blocks at 4×4;
+- GroupNorm with 8 groups in the UNet and the VAE: with SD's 32 groups over 32 channels every
+  channel is normalised on its own, which erases flat colours (the VAE learned colours several
+  times slower, measured). ComfyUI hard-codes 32 groups (and SD's text encoder), so this model is
+  for the headless backend;
+- a 2-layer, 128-wide CLIP text encoder with random weights. It stays frozen: the UNet learns to
+  read its fixed random features, which only have to tell the words apart;
+- the toy vocabulary (:func:`toy_vocab`): CLIP's 512 byte tokens, merges that spell every toy
+  word (:data:`~ip2p.datasets.toy.TOY_WORDS`) and a few dozen common instruction words as one
+  token each, and CLIP's start/end tokens last. Any other text still tokenizes (byte by byte).
+
+A random VAE cannot decode, and the trainer keeps the VAE frozen, so the VAE is trained first,
+in its own step (:func:`pretrain_vae`): rendered toy images of a training seed range, L1
+reconstruction plus SD's small KL weight, AdamW, no GAN and no perceptual loss (not tried; the
+error left after a few hundred steps is soft shape edges). :func:`build_toy_base` puts the parts together and saves the diffusers
+folder the trainer's ``model.base`` points at.
+
+Seeds: the VAE trains on example seeds drawn from ``toy_seeds(VAE_TRAIN_RUN, SEEDS_PER_RUN)``
+and is measured on ``toy_seeds(VAE_HELDOUT_RUN, heldout)``; it never sees the held-out seeds, nor
+those of ``ip2p dataset toy --seed S`` runs with small S (the trainer's data and evaluation sets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets.toy import DEFAULT_SIZE, SEEDS_PER_RUN, TOY_WORDS, render_example, toy_seeds
+from ..errors import IP2PError
+from ..formats.atomic import atomic_file
+from ..formats.tokenizer import END_TOKEN, START_TOKEN, _base_tokens, load_clip_tokenizer, write_tokenizer_files
+from .random_model import architecture_config, build_random_model
+
+logger = logging.getLogger(__name__)
+
+TOY_SIZE = "toy"  # the architecture's name in random_model.SIZES / configs/toy.json
+
+# Words besides TOY_WORDS that are one token each, so hand-written instructions stay short too.
+EXTRA_WORDS = (
+    "a all an and any big blank bottom brown by can change color colors colour could cyan delete do each "
+    "empty erase every for from grey image in into is it its large left make middle more new no not object "
+    "of one paint photo picture pink please put replace right shape shapes small smaller swap that the "
+    "there this three to top turn two with"
+).split()
+VOCAB_WORDS: tuple[str, ...] = tuple(sorted(set(TOY_WORDS) | set(EXTRA_WORDS)))
+
+# Example-seed runs of the VAE step (toy_seeds(run, n) = run·10⁶ … run·10⁶ + n − 1): far from the
+# small --seed values of `ip2p dataset toy` runs, which the trainer trains and evaluates on.
+VAE_TRAIN_RUN = 9000
+VAE_HELDOUT_RUN = 9001
+
+# Defaults of the VAE step. Measured on 2 shared CPU cores (load ~2), held-out error on 32 images:
+#   600 steps × 8 images, lr 4e-4: 0.027 in 186 s — colours right, shape edges soft;
+#   1200 steps × 8 images, lr 6e-4: 0.016 in ~450 s — squares square, stars still rounded.
+# lr 2e-3, and GroupNorm with one channel per group, both stalled near 0.15–0.2 for hundreds of steps.
+VAE_STEPS = 600  # optimiser steps
+VAE_BATCH = 8  # images per step (input and edited image of batch/2 examples)
+VAE_LR = 4e-4  # AdamW peak learning rate; linear warm-up, cosine decay to a tenth
+VAE_KL_WEIGHT = 1e-6  # SD's: on the per-image KL sum, against the per-image L1 sum
+VAE_HELDOUT_EXAMPLES = 32  # held-out examples (×2 images) for the reported error and the latent std
+_EVAL_CHUNK = 32  # images per no-grad forward when measuring
+
+
+# --- the vocabulary ----------------------------------------------------------------------------------
+
+
+def _symbols(word: str) -> list[str]:
+    return [*word[:-1], word[-1] + "</w>"]
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE of one lower-case ASCII word: merge the best-ranked adjacent pair until none applies."""
+    symbols = _symbols(word)
+    while len(symbols) > 1:
+        known = [(ranks[pair], pair) for pair in zip(symbols, symbols[1:], strict=False) if pair in ranks]
+        if not known:
+            break
+        _, (first, second) = min(known)
+        merged: list[str] = []
+        i = 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def toy_vocab(vocab_size: int | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """The toy vocabulary (id order) and merges: every word of :data:`VOCAB_WORDS` is one token.
+
+    CLIP-shaped: the 512 byte tokens first, one token per merge, filler tokens that no merge
+    produces up to ``vocab_size`` (default: the toy text encoder's), the start and end tokens last.
+    Each word gets merges until the BPE spells it as one symbol; a merge added later ranks below
+    every earlier one, so it never changes how an earlier word is split.
+    """
+    if vocab_size is None:
+        vocab_size = int(architecture_config(TOY_SIZE)["text_encoder"]["vocab_size"])
+    vocab = _base_tokens()
+    known = set(vocab)
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in VOCAB_WORDS:
+        while len(symbols := _bpe(word, ranks)) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in known:
+                vocab.append(pair[0] + pair[1])
+                known.add(pair[0] + pair[1])
+    needed = len(vocab) + 2
+    if vocab_size < needed:
+        raise IP2PError(f"The toy vocabulary needs at least {needed} tokens; the text encoder has {vocab_size}.")
+    vocab += [f"<|ip2p_toy_unused_{i}|>" for i in range(vocab_size - needed)]
+    return [*vocab, START_TOKEN, END_TOKEN], merges
+
+
+def toy_tokenizer_files(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
+    """Write the toy tokenizer (vocab.json, merges.txt, configs) that ``CLIPTokenizer`` reads into ``folder``."""
+    vocab, merges = toy_vocab(vocab_size)
+    return write_tokenizer_files(folder, vocab, merges)
+
+
+def toy_tokenizer(vocab_size: int | None = None):
+    """The toy vocabulary as a ``transformers.CLIPTokenizer`` (built in a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="ip2p-toy-tokenizer-") as tmp:
+        toy_tokenizer_files(tmp, vocab_size)
+        return load_clip_tokenizer(tmp)
+
+
+# --- the VAE step ------------------------------------------------------------------------------------
+
+
+def toy_images(seeds, size: int = DEFAULT_SIZE) -> torch.Tensor:
+    """(2·len(seeds), 3, size, size) in [0, 1]: the input and the edited image of each example, in turn."""
+    arrays = []
+    for seed in seeds:
+        example = render_example(int(seed), size)
+        arrays += [np.asarray(example.input_image), np.asarray(example.edited_image)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _learning_rate(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over the first 5 % of steps (at least one), then cosine decay to peak/10."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+START_LOGVAR = -10.0  # the posterior's initial log-variance (std 0.007) in start_nearly_deterministic_
+
+
+@torch.no_grad()
+def start_nearly_deterministic_(vae) -> None:
+    """Make a fresh VAE's posterior start with log-variance :data:`START_LOGVAR` everywhere.
+
+    A random encoder's log-variance is about 0, so the decoder first sees latents drowned in unit
+    sampling noise and learns next to nothing (held-out error stuck near 0.2 for hundreds of
+    steps, measured). Zeroing the log-variance half of ``quant_conv`` and setting its bias lets
+    training start as a plain autoencoder; the KL term lets the variance grow where the
+    reconstruction allows. Call it once, before :func:`pretrain_vae`, on a VAE that was never trained.
+    """
+    channels = vae.config.latent_channels
+    vae.quant_conv.weight[channels:].zero_()
+    vae.quant_conv.bias[channels:].fill_(START_LOGVAR)
+
+
+@torch.no_grad()
+def measure_vae(vae, images: torch.Tensor, seed: int = 0) -> dict:
+    """Held-out figures of a VAE on images in [0, 1]: reconstruction error and latent statistics.
+
+    ``mae``: mean absolute error of decode(posterior mode), clamped, in [0, 1] pixels.
+    ``latent_std``: the standard deviation (about the global mean, all elements together, as in
+    the latent-diffusion code that chose SD's 0.18215) of posterior samples, drawn with ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    errors, latents = [], []
+    for chunk in images.split(_EVAL_CHUNK):
+        posterior = vae.encode(chunk * 2 - 1).latent_dist
+        decoded = vae.decode(posterior.mode()).sample
+        errors.append(((decoded / 2 + 0.5).clamp(0, 1) - chunk).abs().flatten(1).mean(1))
+        latents.append(posterior.sample(generator=generator))
+    latents = torch.cat(latents)
+    return {
+        "mae": float(torch.cat(errors).mean()),
+        "latent_std": float(latents.flatten().std()),
+        "latent_mean": float(latents.mean()),
+    }
+
+
+def pretrain_vae(
+    vae,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    size: int = DEFAULT_SIZE,
+    progress: bool = True,
+    lr: float = VAE_LR,
+    kl_weight: float = VAE_KL_WEIGHT,
+    heldout: int = VAE_HELDOUT_EXAMPLES,
+) -> dict:
+    """Train ``vae`` in place to reconstruct toy images, then set its ``scaling_factor``.
+
+    Each step renders ``batch_size`` images of fresh examples: the input and edited image of
+    ``ceil(batch_size / 2)`` example seeds drawn (with ``seed``) from ``toy_seeds(VAE_TRAIN_RUN,
+    SEEDS_PER_RUN)``. Loss, as SD's VAE without its perceptual and GAN terms: per image, the summed
+    L1 error of decode(posterior sample) in [-1, 1] pixels plus ``kl_weight`` × the summed KL to
+    N(0, I); divided by the pixel values per image, so the reported loss is a mean L1. AdamW, peak
+    ``lr`` (:func:`_learning_rate`), gradients clipped to norm 1.
+
+    Afterwards ``vae.config.scaling_factor`` is set to 1 / std of its posterior samples on the
+    held-out images, so latents × scaling_factor have unit variance, as SD's 0.18215 was chosen
+    (the diffusion model then sees noise and data on the same scale). Returns metrics:
+    ``initial_loss`` / ``train_loss`` (first step's, mean of the last 10 %), ``heldout_mae`` (mean
+    absolute error in [0, 1] pixels on ``2 × heldout`` images of ``toy_seeds(VAE_HELDOUT_RUN,
+    heldout)``), ``latent_std``, ``latent_mean``, ``scaling_factor``, ``seconds`` and the settings.
+    """
+    if steps < 0 or batch_size < 1:
+        raise IP2PError(
+            f"The VAE step needs steps ≥ 0 and batch_size ≥ 1 (got steps={steps}, batch_size={batch_size})."
+        )
+    if heldout < 1:
+        raise IP2PError(f"The VAE step needs at least one held-out example (got heldout={heldout}).")
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    train_range = toy_seeds(VAE_TRAIN_RUN, SEEDS_PER_RUN)
+    heldout_images = toy_images(toy_seeds(VAE_HELDOUT_RUN, heldout), size)
+    pixels = 3 * size * size
+    examples_per_step = (batch_size + 1) // 2
+
+    vae.train()
+    vae.requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    losses: list[float] = []
+    bar = _progress_bar(steps, progress)
+    try:
+        for step in range(steps):
+            picks = torch.randint(0, len(train_range), (examples_per_step,), generator=generator)
+            images = toy_images((train_range[int(i)] for i in picks), size)[:batch_size] * 2 - 1
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, steps, lr)
+            posterior = vae.encode(images).latent_dist
+            decoded = vae.decode(posterior.sample(generator=generator)).sample
+            l1 = (decoded - images).abs().flatten(1).sum(1)
+            loss = ((l1 + kl_weight * posterior.kl()) / pixels).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise IP2PError(f"The VAE loss became {losses[-1]} at step {step + 1}; lower lr (now {lr}).")
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    vae.eval()
+    vae.requires_grad_(False)
+
+    measured = measure_vae(vae, heldout_images, seed)
+    scaling_factor = 1.0 / measured["latent_std"]
+    vae.register_to_config(scaling_factor=scaling_factor)
+    tail = losses[-max(1, len(losses) // 10) :]
+    metrics = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "kl_weight": kl_weight,
+        "seed": seed,
+        "size": size,
+        "initial_loss": losses[0] if losses else float("nan"),
+        "train_loss": float(np.mean(tail)) if losses else float("nan"),
+        "heldout_images": len(heldout_images),
+        "heldout_mae": measured["mae"],
+        "latent_std": measured["latent_std"],
+        "latent_mean": measured["latent_mean"],
+        "scaling_factor": scaling_factor,
+        "seconds": time.perf_counter() - start,
+    }
+    logger.info(
+        "Toy VAE: %d steps × %d images in %.0f s; held-out error %.4f, latent std %.3f (scaling_factor %.4f)",
+        steps,
+        batch_size,
+        metrics["seconds"],
+        metrics["heldout_mae"],
+        metrics["latent_std"],
+        scaling_factor,
+    )
+    return metrics
+
+
+def _progress_bar(total: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the headless extra
+        return None
+    return tqdm(total=total, desc="toy VAE", unit="step", disable=not enabled, leave=False)
+
+
+# --- the base model ---------------------------------------------------------------------------------
+
+METRICS_FILE = "toy_vae.json"  # written beside the diffusers components: how the VAE was trained
+
+
+def build_toy_base(
+    out_dir: str | os.PathLike,
+    *,
+    vae_steps: int = VAE_STEPS,
+    seed: int = 0,
+    batch_size: int = VAE_BATCH,
+    heldout: int = VAE_HELDOUT_EXAMPLES,
+    progress: bool = True,
+) -> Path:
+    """Build the toy InstructPix2Pix model, pretrain its VAE, and save it as a diffusers folder.
+
+    The UNet (8 input channels) and the text encoder keep their random weights (seed ``seed``),
+    the tokenizer is the toy vocabulary, the VAE starts nearly deterministic
+    (:func:`start_nearly_deterministic_`) and is trained by :func:`pretrain_vae`. The folder is
+    written atomically, then its :data:`METRICS_FILE` (the VAE step's metrics). This folder is what
+    the trainer fine-tunes (``model.base``).
+    """
+    from .export import save_diffusers
+
+    model = build_random_model(TOY_SIZE, in_channels=8, seed=seed)
+    start_nearly_deterministic_(model.vae)
+    metrics = pretrain_vae(
+        model.vae, steps=vae_steps, batch_size=batch_size, seed=seed, heldout=heldout, progress=progress
+    )
+    folder = save_diffusers(model, out_dir)
+    with atomic_file(folder / METRICS_FILE) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return folder
