@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import IP2PError
 from . import EditExample
-from .reader import (
+from .rows import (
     BAD_PROMPT,
     EMPTY_INSTRUCTION,
     MISSING_IMAGE,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import IP2PError
 from . import EditExample
-from .reader import (
+from .rows import (
     DEFAULT_COLUMNS,
     EMPTY_INSTRUCTION,
     MISSING_IMAGE,

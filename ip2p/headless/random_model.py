@@ -149,7 +149,7 @@ def build_random_model(
     config["unet"]["in_channels"] = in_channels
     unet, vae, text_encoder = build_modules(config, seed, dtype)
     if size == "toy":  # the toy world's vocabulary: every toy word one token
-        from .toy_model import toy_tokenizer
+        from ..formats.toy_vocab import toy_tokenizer
 
         tokenizer, tokenizer_source = toy_tokenizer(config["text_encoder"]["vocab_size"]), "toy"
     else:

@@ -32,31 +32,22 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..datasets.toy import DEFAULT_SIZE, SEEDS_PER_RUN, TOY_WORDS, render_example, toy_seeds
+from ..datasets.toy import DEFAULT_SIZE, SEEDS_PER_RUN, render_example, toy_seeds
 from ..errors import IP2PError
 from ..formats.atomic import atomic_file
-from ..formats.tokenizer import END_TOKEN, START_TOKEN, _base_tokens, load_clip_tokenizer, write_tokenizer_files
-from .random_model import architecture_config, build_random_model
+from ..formats.toy_vocab import EXTRA_WORDS, VOCAB_WORDS, toy_tokenizer, toy_tokenizer_files, toy_vocab  # noqa: F401 - the toy model's vocabulary
+from .random_model import build_random_model
 
 logger = logging.getLogger(__name__)
 
 TOY_SIZE = "toy"  # the architecture's name in random_model.SIZES / configs/toy.json
 
-# Words besides TOY_WORDS that are one token each, so hand-written instructions stay short too.
-EXTRA_WORDS = (
-    "a all an and any big blank bottom brown by can change color colors colour could cyan delete do each "
-    "empty erase every for from grey image in into is it its large left make middle more new no not object "
-    "of one paint photo picture pink please put replace right shape shapes small smaller swap that the "
-    "there this three to top turn two with"
-).split()
-VOCAB_WORDS: tuple[str, ...] = tuple(sorted(set(TOY_WORDS) | set(EXTRA_WORDS)))
 
 # Example-seed runs of the VAE step (toy_seeds(run, n) = run·10⁶ … run·10⁶ + n − 1): far from the
 # small --seed values of `ip2p dataset toy` runs, which the trainer trains and evaluates on.
@@ -73,76 +64,6 @@ VAE_LR = 4e-4  # AdamW peak learning rate; linear warm-up, cosine decay to a ten
 VAE_KL_WEIGHT = 1e-6  # SD's: on the per-image KL sum, against the per-image L1 sum
 VAE_HELDOUT_EXAMPLES = 32  # held-out examples (×2 images) for the reported error and the latent std
 _EVAL_CHUNK = 32  # images per no-grad forward when measuring
-
-
-# --- the vocabulary ----------------------------------------------------------------------------------
-
-
-def _symbols(word: str) -> list[str]:
-    return [*word[:-1], word[-1] + "</w>"]
-
-
-def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """CLIP's BPE of one lower-case ASCII word: merge the best-ranked adjacent pair until none applies."""
-    symbols = _symbols(word)
-    while len(symbols) > 1:
-        known = [(ranks[pair], pair) for pair in zip(symbols, symbols[1:], strict=False) if pair in ranks]
-        if not known:
-            break
-        _, (first, second) = min(known)
-        merged: list[str] = []
-        i = 0
-        while i < len(symbols):
-            if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-                merged.append(first + second)
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
-    return symbols
-
-
-def toy_vocab(vocab_size: int | None = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """The toy vocabulary (id order) and merges: every word of :data:`VOCAB_WORDS` is one token.
-
-    CLIP-shaped: the 512 byte tokens first, one token per merge, filler tokens that no merge
-    produces up to ``vocab_size`` (default: the toy text encoder's), the start and end tokens last.
-    Each word gets merges until the BPE spells it as one symbol; a merge added later ranks below
-    every earlier one, so it never changes how an earlier word is split.
-    """
-    if vocab_size is None:
-        vocab_size = int(architecture_config(TOY_SIZE)["text_encoder"]["vocab_size"])
-    vocab = _base_tokens()
-    known = set(vocab)
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-    for word in VOCAB_WORDS:
-        while len(symbols := _bpe(word, ranks)) > 1:
-            pair = (symbols[0], symbols[1])
-            ranks[pair] = len(merges)
-            merges.append(pair)
-            if pair[0] + pair[1] not in known:
-                vocab.append(pair[0] + pair[1])
-                known.add(pair[0] + pair[1])
-    needed = len(vocab) + 2
-    if vocab_size < needed:
-        raise IP2PError(f"The toy vocabulary needs at least {needed} tokens; the text encoder has {vocab_size}.")
-    vocab += [f"<|ip2p_toy_unused_{i}|>" for i in range(vocab_size - needed)]
-    return [*vocab, START_TOKEN, END_TOKEN], merges
-
-
-def toy_tokenizer_files(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
-    """Write the toy tokenizer (vocab.json, merges.txt, configs) that ``CLIPTokenizer`` reads into ``folder``."""
-    vocab, merges = toy_vocab(vocab_size)
-    return write_tokenizer_files(folder, vocab, merges)
-
-
-def toy_tokenizer(vocab_size: int | None = None):
-    """The toy vocabulary as a ``transformers.CLIPTokenizer`` (built in a temporary folder)."""
-    with tempfile.TemporaryDirectory(prefix="ip2p-toy-tokenizer-") as tmp:
-        toy_tokenizer_files(tmp, vocab_size)
-        return load_clip_tokenizer(tmp)
 
 
 # --- the VAE step ------------------------------------------------------------------------------------

@@ -193,3 +193,10 @@ def test_the_saved_toy_model_edits_a_64_px_toy_image_in_seconds(toy_base):
     assert time.perf_counter() - start < 10.0  # about 1 s on 2 idle cores; room for a loaded machine
     assert tuple(result.shape) == (1, 3, SIZE, SIZE)
     assert torch.isfinite(result).all()
+
+
+def test_the_toy_vocabulary_fills_the_toy_text_encoder_exactly():
+    from ip2p.formats.toy_vocab import TOY_VOCAB_SIZE
+    from ip2p.headless.random_model import architecture_config
+
+    assert architecture_config("toy")["text_encoder"]["vocab_size"] == TOY_VOCAB_SIZE
