@@ -10,9 +10,10 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+from ip2p.cli.train import add_arguments  # noqa: E402
 from ip2p.errors import IP2PError  # noqa: E402
 
-from .entry import add_arguments, run  # noqa: E402
+from .entry import run  # noqa: E402
 
 EXIT_USER_ERROR = 2
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from .. import __version__, devices, guidance, sizing
 from ..errors import IP2PError
+from ..formats.atomic import require_writable
 from ..headless import schedulers
 
 logger = logging.getLogger(__name__)
@@ -207,33 +207,16 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_writable(targets: list[Path], out: Path) -> None:
-    """Find an output that cannot be written before the model runs; the message names ``--out``.
+    """Find an output that cannot be written before the model runs; the message names the output path.
 
-    Each target folder (or, when it does not exist yet, its nearest existing ancestor, where it
-    will be created) is probed by creating and removing a temporary file; nothing is left behind.
+    One target per folder is probed by :func:`ip2p.formats.atomic.require_writable` (nothing is left behind).
     """
     for target in targets:
         if target.exists() and not target.is_file():
             what = "a folder" if target.is_dir() else "not a regular file"
             raise IP2PError(f"--out {out}: {target} exists and is {what}. Move it away or choose another --out.")
-    for folder in sorted({target.parent for target in targets}):
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise IP2PError(
-                f"--out {out}: {existing} is a file, so the folder {folder} cannot be made there. Choose another --out."
-            )
-        try:
-            handle, probe = tempfile.mkstemp(prefix=".ip2p-write-check-", dir=existing)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise IP2PError(
-                f"--out {out}: cannot write in {existing} ({reason}). Choose a folder you can write to, "
-                f"or fix its permissions."
-            ) from None
-        os.close(handle)
-        os.unlink(probe)
+    for target in {target.parent: target for target in targets}.values():
+        require_writable(target)
 
 
 def preflight(inputs: list[Path], max_input_side: int) -> None:

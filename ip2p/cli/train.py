@@ -18,12 +18,15 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "and export/ (a diffusers folder and one .safetensors). For several GPUs: accelerate launch -m ip2p_train "
         "CONFIG KEY=VALUE ...",
     )
-    _add_trainer_arguments(p)
+    add_arguments(p)
     p.set_defaults(handler=run)
 
 
-def _add_trainer_arguments(p: argparse.ArgumentParser) -> None:
-    # Declared here rather than imported from ip2p_train, so `ip2p --help` never loads the trainer.
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainer's arguments, for ``ip2p train`` and ``accelerate launch -m ip2p_train`` alike.
+
+    Declared in the core's CLI so that ``ip2p --help`` never loads the trainer.
+    """
     p.add_argument("config", help="a YAML config file, or the name of a shipped config (sd15, toy)")
     p.add_argument(
         "overrides",

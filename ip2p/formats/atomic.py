@@ -102,29 +102,24 @@ def _unwritable(dst: Path, exc: OSError | None = None, reason: str = "") -> IP2P
 def require_writable(dst: str | os.PathLike) -> None:
     """Raise :class:`IP2PError` naming ``dst`` now if a file could not be written there later.
 
-    Creates nothing that stays: an existing parent folder is probed with a temporary file, a
-    missing one is judged by its nearest existing ancestor (which must be a writable folder).
+    Creates nothing that stays: the parent folder, or when it does not exist yet its nearest
+    existing ancestor (where it will be created), is probed with a temporary file.
     """
     dst = Path(dst)
     if dst.is_dir():
         raise _unwritable(dst, reason="it is a folder")
-    parent = dst.parent
-    if parent.is_dir():
-        try:
-            with _uninterrupted():
-                handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
-                os.close(handle)
-                os.unlink(name)
-        except OSError as exc:
-            raise _unwritable(dst, exc) from exc
-        return
-    ancestor = parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise _unwritable(dst, reason=f"{ancestor} is a file, so no folder can be created inside it")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise _unwritable(dst, reason=f"the folder {ancestor} is not writable, so {parent} cannot be created")
+    existing = dst.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _unwritable(dst, reason=f"{existing} is a file, so no folder can be created inside it")
+    try:
+        with _uninterrupted():
+            handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=existing)
+            os.close(handle)
+            os.unlink(name)
+    except OSError as exc:
+        raise _unwritable(dst, exc) from exc
 
 
 def _make_parent(dst: Path) -> None:
@@ -138,6 +133,17 @@ def _about(exc: OSError, tmp: Path) -> bool:
     """Whether an error from the body concerns the temporary path (or something inside it)."""
     names = [n for n in (exc.filename, exc.filename2) if n is not None]
     return any(os.fspath(n) == str(tmp) or os.fspath(n).startswith(str(tmp) + os.sep) for n in names)
+
+
+@contextlib.contextmanager
+def _named_for(dst: Path, tmp: Path) -> Iterator[None]:
+    """A write error about the temporary ``tmp`` re-raised as one naming the user's ``dst``."""
+    try:
+        yield
+    except OSError as exc:
+        if _about(exc, tmp):
+            raise _unwritable(dst, exc) from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -157,12 +163,8 @@ def atomic_file(dst: str | os.PathLike) -> Iterator[Path]:
                 raise _unwritable(dst, exc) from exc
             os.close(handle)
             tmp = Path(name)
-        try:
+        with _named_for(dst, tmp):
             yield tmp
-        except OSError as exc:
-            if _about(exc, tmp):
-                raise _unwritable(dst, exc) from exc
-            raise
         os.chmod(tmp, 0o666 & ~_umask())
         with _uninterrupted():
             try:
@@ -192,12 +194,8 @@ def atomic_dir(dst: str | os.PathLike, *, keep_existing: bool = False) -> Iterat
                 tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
             except OSError as exc:
                 raise _unwritable(dst, exc) from exc
-        try:
+        with _named_for(dst, tmp):
             yield tmp
-        except OSError as exc:
-            if _about(exc, tmp):
-                raise _unwritable(dst, exc) from exc
-            raise
         os.chmod(tmp, 0o777 & ~_umask())
         with _uninterrupted():
             if dst.exists():

@@ -276,7 +276,6 @@ def edit(
             prediction = unet(model_input, t, encoder_hidden_states=text_batch, return_dict=False)[0]
             guided = guide.combine_batch(prediction)
             latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
-            check_finite_result(latents, dtype)  # stop at the first bad step, not after all of them
             if bar is not None:
                 bar.update()
     finally:
@@ -284,7 +283,7 @@ def edit(
             bar.close()
 
     edited = decode_latents(model, latents)
-    check_finite_result(edited, model.vae.dtype)
+    check_finite_result(edited, dtype)  # once, on the decoded result: a per-step check would sync the device every step
     return sizing.restore(edited, (width, height), settings.resize)
 
 
