@@ -9,6 +9,7 @@ Images are float tensors laid out (B, C, H, W) in [0, 1] or [-1, 1]; sizes are (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from .errors import IP2PError
 
 RESIZE_POLICIES = ("paper", "keep")
-DEFAULT_MAX_SIDE = 512  # the paper's edit resolution for SD 1.5
+DEFAULT_MAX_SIDE = 512  # the paper's edit resolution for SD 1.5; a model's own size comes from model_max_side
 MIN_SIDE = 8  # one latent pixel
 DEFAULT_MAX_INPUT_SIDE = 8192  # larger inputs are refused before anything is allocated
 MAX_MAX_SIDE = 4096  # the largest working long side offered: 8× SD 1.5's native size, already minutes a step
@@ -35,6 +36,28 @@ def check_input_size(width: int, height: int, max_input_side: int = DEFAULT_MAX_
             f"The image is {width}×{height} px, over the limit of {max_input_side} px per side. "
             f"Downscale it first, or raise the limit (--max-input-side / max_input_side)."
         )
+
+
+def model_max_side(unet_config: Mapping, vae_config: Mapping) -> int:
+    """The long side a model was trained at: ``unet.sample_size × vae_scale_factor``.
+
+    ``vae_scale_factor`` is ``2 ** (len(vae.block_out_channels) - 1)``: SD 1.5 gives 64 × 8 = 512,
+    the toy model 16 × 4 = 64. The configs are diffusers' (any mapping); a ``(height, width)``
+    sample size gives its longer side. The result is a multiple of 64 from 64 to :data:`MAX_MAX_SIDE`
+    (what the paper policy accepts); a config without a usable sample size gives :data:`DEFAULT_MAX_SIDE`.
+    """
+    sample_size = unet_config.get("sample_size")
+    if isinstance(sample_size, (list, tuple)) and sample_size:
+        sample_size = max(sample_size)
+    blocks = vae_config.get("block_out_channels")
+    if not _is_positive_int(sample_size) or not isinstance(blocks, (list, tuple)) or not blocks:
+        return DEFAULT_MAX_SIDE
+    side = int(sample_size) * 2 ** (len(blocks) - 1)
+    return min(MAX_MAX_SIDE, max(64, side // 64 * 64))
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def paper_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:

@@ -4,6 +4,7 @@
 #
 #   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
+#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~15 min)
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
 # Environment:
@@ -15,8 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 suite=default
-if [ "${1:-}" = server ]; then
-    suite=server
+if [ "${1:-}" = server ] || [ "${1:-}" = learning ]; then
+    suite=$1
     shift
 fi
 
@@ -72,6 +73,8 @@ if [ "$suite" = server ]; then
         PYTHON=$py bash scripts/server_host.sh
     fi
     paths=(tests/server)
+elif [ "$suite" = learning ]; then
+    paths=(tests/learning)  # the toy recipe at full length (~15 min on 2 cores)
 else
     paths=(tests/core tests/headless tests/train tests/comfy_lib)
 fi

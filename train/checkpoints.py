@@ -91,10 +91,19 @@ def prepare_step_dir(output_dir: str | Path, step: int) -> Path:
     return path
 
 
-def finish(checkpoint: Path, step: int, config_yaml: str) -> None:
+def read_processes(checkpoint: Path) -> int | None:
+    """The number of processes that wrote the checkpoint (None: a checkpoint older than the record)."""
+    try:
+        value = json.loads((checkpoint / STATE).read_text(encoding="utf-8")).get("processes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def finish(checkpoint: Path, step: int, config_yaml: str, processes: int = 1) -> None:
     """Write the config, the trainer state and, last, the ``complete`` marker."""
     write_text_atomic(checkpoint / CONFIG, config_yaml)
-    write_text_atomic(checkpoint / STATE, json.dumps({"step": step}) + "\n")
+    write_text_atomic(checkpoint / STATE, json.dumps({"step": step, "processes": processes}) + "\n")
     write_text_atomic(checkpoint / COMPLETE, f"step {step}\n")
 
 

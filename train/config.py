@@ -29,7 +29,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 @dataclass
 class ModelConfig:
     # The starting point: a diffusers folder or single file of an SD 1.5 model (4-channel base, widened
-    # to 8 channels; or an InstructPix2Pix model to continue), or "config:tiny" (random weights). No default.
+    # to 8 channels; or an InstructPix2Pix model to continue), or "config:tiny" (random weights), or "config:toy"
+    # (the toy architecture: random UNet and text encoder, the shipped toy VAE). No default.
     base: str | None = None
 
 
@@ -47,6 +48,9 @@ class DataConfig:
     split: str | None = None
     # DataLoader worker processes per training process (0: load in the training process).
     num_workers: int = 0
+    # Encode every example once before training (train/cache.py): the frozen VAE and text encoder then cost
+    # nothing per step; crops become centre crops. Worth it when the data fits in memory and is seen many times.
+    cache: bool = False
 
 
 @dataclass
@@ -87,18 +91,22 @@ class DropoutConfig:
 
 @dataclass
 class ValidationConfig:
-    # Validation grids every N optimizer steps (0: never; the grids are not implemented yet).
+    # A validation grid every N optimizer steps and at the last step, in validation/step-N.png (0: never).
     every: int = 0
-    # Input images for the validation grids.
+    # Input images of the grid (files, centre-cropped to data.resolution); [] = the first `count` training examples.
     images: list[str] = field(default_factory=list)
-    # One instruction per validation image.
+    # One instruction per validation image (required with `images`; [] with the training examples: their own).
     instructions: list[str] = field(default_factory=list)
-    # Text guidance scales s_T, one grid column each.
+    # How many training examples (in the dataset's file order) to validate on when `images` is empty.
+    count: int = 4
+    # Text guidance scales s_T; every (text_cfg, image_cfg) pair is one grid column.
     text_cfg: list[float] = field(default_factory=lambda: [7.5])
-    # Image guidance scales s_I, one grid row each.
+    # Image guidance scales s_I; every (text_cfg, image_cfg) pair is one grid column.
     image_cfg: list[float] = field(default_factory=lambda: [1.5])
-    # Sampling steps per validation image.
+    # Sampling steps per validation edit (Euler ancestral, the paper's sampler).
     steps: int = 20
+    # The sampling seed, the same at every validation, so the grids of different steps compare.
+    seed: int = 0
 
 
 @dataclass
@@ -326,16 +334,53 @@ def validate(config: TrainConfig) -> TrainConfig:
     limit = config.checkpoints.total_limit
     if limit is not None and limit < 1:
         raise IP2PError(f"checkpoints.total_limit is {limit}; give 1 or more, or null to keep every checkpoint.")
-    if config.validation.every:
-        raise IP2PError(
-            "validation.every is set, but validation grids are not implemented in this version of the trainer; "
-            "set validation.every=0."
-        )
+    _check_validation(config.validation)
     if config.data.columns:
         from ip2p.datasets.reader import resolve_columns
 
         resolve_columns(config.data.columns)
     return config
+
+
+def _check_validation(v: ValidationConfig) -> None:
+    """The validation section, checked only when validation is on (image files are read at setup)."""
+    if v.every < 0:
+        raise IP2PError(f"validation.every is {v.every}; give 0 (no validation) or a number of optimizer steps.")
+    if not v.every:
+        return
+    from ip2p.guidance import check_scale
+    from ip2p.headless.schedulers import MAX_STEPS
+
+    if not 1 <= v.steps <= MAX_STEPS:
+        raise IP2PError(f"validation.steps is {v.steps}; give a number of sampling steps from 1 to {MAX_STEPS}.")
+    if v.seed < 0:
+        raise IP2PError(f"validation.seed is {v.seed}; give a whole number of 0 or more.")
+    for key in ("text_cfg", "image_cfg"):
+        values = getattr(v, key)
+        if not values:
+            raise IP2PError(
+                f"validation.{key} is empty; give one or more guidance scales, e.g. validation.{key}=[5, 7.5]."
+            )
+        for i, value in enumerate(values):
+            check_scale(f"validation.{key}[{i}]", value)
+    if v.images:
+        if len(v.instructions) != len(v.images):
+            raise IP2PError(
+                f"validation.images has {len(v.images)} images but validation.instructions has "
+                f"{len(v.instructions)} instructions; give one instruction per image, in the same order."
+            )
+    else:
+        if v.instructions:
+            raise IP2PError(
+                f"validation.instructions has {len(v.instructions)} instructions but validation.images is empty; "
+                f"give the images they belong to, or leave both empty to validate on the first validation.count "
+                f"training examples with their own instructions."
+            )
+        if v.count < 1:
+            raise IP2PError(
+                f"validation.count is {v.count}; give 1 or more training examples to validate on (or set "
+                f"validation.images and validation.instructions)."
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from . import checkpoints as ckpt
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
 from .model import EMA, freeze, load_base, model_for_export
+from .validation import log_grid, log_scalars, make_validator, open_tensorboard
 
 logger = logging.getLogger("ip2p.train")
 
@@ -72,6 +74,22 @@ def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
     return None
 
 
+def check_processes(accelerator) -> None:
+    """Refuse processes that a launcher started together but that did not join one process group.
+
+    ``accelerate launch --multi_gpu`` on a machine without GPUs starts N processes that each train
+    alone (accelerate falls back to one process) and write the same run folder; they must be told
+    to use the CPU's gloo backend.
+    """
+    launched = os.environ.get("WORLD_SIZE")
+    if launched is not None and int(launched) != accelerator.num_processes:
+        raise IP2PError(
+            f"The launcher started {launched} processes but accelerate joined {accelerator.num_processes} "
+            f"(distributed type {accelerator.distributed_type}). Without GPUs, set ACCELERATE_USE_CPU=1: "
+            f"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} -m ip2p_train ..."
+        )
+
+
 def _lr_lambda(warmup_steps: int):
     def factor(step: int) -> float:
         return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
@@ -103,10 +121,12 @@ class Trainer:
         self.accelerator = acc = Accelerator(
             mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps
         )
+        check_processes(acc)
         set_seed(c.seed)
         dataset = (
             self.dataset if self.dataset is not None else open_training_data(c.data.path, c.data.columns, c.data.split)
         )
+        self.validator = make_validator(c, dataset)  # reads its images now: a bad one stops the run before it writes
 
         model = load_base(c.model.base, c.seed)
         self.model = model
@@ -144,7 +164,7 @@ class Trainer:
 
         if self.checkpoint is not None:
             self.load(self.checkpoint)
-        self.stream = PairStream(dataset, model.tokenizer, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed)
+        self.stream = self._stream(dataset)
         self.loader = make_loader(
             self.stream,
             batch_size=c.batch_size,
@@ -154,6 +174,21 @@ class Trainer:
             num_workers=c.data.num_workers,
         )
         self._start_run_folder()
+        self.tensorboard = open_tensorboard(self.out, self.step) if acc.is_main_process else None
+
+    def _stream(self, dataset: Sequence):
+        """The training samples: decoded and encoded per step, or from the latent cache (``data.cache``)."""
+        c = self.config
+        if not c.data.cache:
+            return PairStream(
+                dataset, self.model.tokenizer, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed
+            )
+        from .cache import encode_dataset
+
+        return encode_dataset(
+            dataset, self.model, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed,
+            device=self.accelerator.device, dtype=self.weight_dtype, progress=self.accelerator.is_local_main_process,
+        )  # fmt: skip
 
     def _start_run_folder(self) -> None:
         acc = self.accelerator
@@ -175,28 +210,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- one step
 
+    @torch.no_grad()
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of pixels and token ids -> (edited posterior mean, its std, image latent, text embedding);
+        a batch from the latent cache holds them already."""
+        device, dtype, model = self.accelerator.device, self.weight_dtype, self.model
+        if "edited_mean" in batch:
+            return tuple(batch[k].to(device, dtype) for k in ("edited_mean", "edited_std", "image_latent", "text"))
+        posterior = model.vae.encode(batch["edited"].to(device, dtype=dtype)).latent_dist
+        mode = model.vae.encode(batch["input"].to(device, dtype=dtype)).latent_dist.mode()
+        image_latent = model.family.image_latent(mode, model.latent_scaling_factor)
+        text = model.text_encoder(batch["input_ids"].to(device))[0]
+        return posterior.mean, posterior.std, image_latent, text
+
     def loss(self, batch: dict) -> torch.Tensor:
         """The training loss of one micro-batch (mean over its samples)."""
-        c, model, acc = self.config, self.model, self.accelerator
-        vae, dtype = model.vae, self.weight_dtype
+        c, acc = self.config, self.accelerator
         with torch.no_grad():
-            edited = batch["edited"].to(acc.device, dtype=dtype)
-            source = batch["input"].to(acc.device, dtype=dtype)
-            posterior = vae.encode(edited).latent_dist
+            mean, std, image_latents, text = self.encode(batch)
             draws = diffusion_draws(
                 c.seed,
                 batch["position"].tolist(),
-                tuple(posterior.mean.shape[1:]),
+                tuple(mean.shape[1:]),
                 self.noise_scheduler.config.num_train_timesteps,
             )
-            latents = posterior.mean + posterior.std * draws.posterior.to(acc.device, dtype=posterior.mean.dtype)
-            latents = latents * model.latent_scaling_factor
-            image_latents = model.family.image_latent(
-                vae.encode(source).latent_dist.mode(), model.latent_scaling_factor
-            )
-            text = model.text_encoder(batch["input_ids"].to(acc.device))[0]
+            latents = (mean + std * draws.posterior.to(acc.device, dtype=mean.dtype)) * self.model.latent_scaling_factor
             masks = dropout_masks(draws.u, c.dropout.text, c.dropout.image, c.dropout.both)
-            text, image_latents = apply_dropout(masks, text, self.empty_embedding, image_latents)
+            text, image_latents = apply_dropout(masks, text, self.empty_embedding.to(text.dtype), image_latents)
             noise = draws.noise.to(acc.device, dtype=latents.dtype)
             timesteps = draws.timesteps.to(acc.device)
             noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -260,14 +300,26 @@ class Trainer:
                 bar.set_postfix(loss=f"{step_loss:.4f}", samples_per_s=f"{record['samples_per_s']:.1f}")
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
                     self.save()
+                if self.validator is not None and self.validator.due(self.step, c.max_steps):
+                    if acc.is_main_process:  # a float32 CPU copy with the EMA weights: the UNet trained is untouched
+                        exported = model_for_export(self.model, acc.unwrap_model(self.unet), self.ema)
+                        path, picture = self.validator.run(exported, self.step, self.out)
+                        logger.info("Validation grid of step %d: %s", self.step, path)
+                        if self.tensorboard is not None:
+                            log_grid(self.tensorboard, picture, self.step)
+                    acc.wait_for_everyone()
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self.out
 
     def _log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
             with open(self.out / ckpt.METRICS, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                log_scalars(self.tensorboard, record)
 
     # ------------------------------------------------------------------------------------ save, load
 
@@ -280,8 +332,9 @@ class Trainer:
             ckpt.prepare_step_dir(self.out, self.step)
         acc.wait_for_everyone()
         acc.save_state(str(path))
+        acc.wait_for_everyone()  # every process's own files (its RNG state) are written before `complete` is
         if acc.is_main_process:
-            ckpt.finish(path, self.step, to_yaml(self.config))
+            ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes)
             ckpt.prune(self.out, self.config.checkpoints.total_limit)
             self.export()
             logger.info("Saved %s and %s", path, self.out / EXPORT)
@@ -289,6 +342,13 @@ class Trainer:
         return path
 
     def load(self, checkpoint: Path) -> None:
+        processes, now = ckpt.read_processes(checkpoint), self.accelerator.num_processes
+        if processes is not None and processes != now:
+            # The data stream continues at step × global batch: another process count reads other samples.
+            raise IP2PError(
+                f"{checkpoint} was written by {processes} processes; this run has {now}. Resume with "
+                f"{processes} processes and the same batch_size, or start a new run in a new output_dir."
+            )
         self.accelerator.load_state(str(checkpoint))
         self.step = ckpt.read_step(checkpoint)
         logger.info("Resuming from %s (step %d)", checkpoint, self.step)
@@ -309,8 +369,9 @@ class Trainer:
 def train(config: TrainConfig, resume: str | None = None, dataset: Sequence | None = None) -> Path:
     """Set up and run one training run; returns the run folder."""
     trainer = Trainer(config, resume=resume, dataset=dataset)
-    trainer.setup()
     try:
+        trainer.setup()
         return trainer.train()
     finally:
-        trainer.accelerator.end_training()
+        if getattr(trainer, "accelerator", None) is not None:  # a failed setup of several processes ends cleanly too
+            trainer.accelerator.end_training()

@@ -1,84 +1,176 @@
-"""``ip2p demo``, the embedded default job: ``ip2p edit`` end to end on a model built from configs.
+"""``ip2p demo``, the embedded default job: the shipped toy model edits held-out toy images, and is scored.
 
-Until the trainer's toy model exists, the default model is a *small model with random weights*:
-the demo proves the plumbing (build, save, load, dual-guidance sampling, PNG metadata), not the
-quality of an edit — the output is noise shaped by random weights, and says so.
+The toy world (:mod:`ip2p.datasets.toy`) renders every example's true edit and edit mask, so the
+demo can say from pixels how well the model follows instructions (:mod:`ip2p.headless.toy_scores`).
+It writes, under ``--out``:
+
+- ``input.png`` / ``edited.png``: the first held-out example, edited through ``ip2p edit`` itself;
+- ``report.png``: held-out examples (input, truth, the edit, the edit under a wrong instruction)
+  and a text_cfg × image_cfg sweep of the first one;
+- ``scores.json``: the distances and the two baselines, over ``--examples`` held-out examples.
+
+``--train`` first retrains the toy model from nothing under ``--out`` (the VAE step, the dataset,
+the trainer: :mod:`ip2p_train.toy`) and reports on that model instead of the shipped one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
+from ..errors import IP2PError
+from ..formats.atomic import atomic_file
 from . import edit
 
 logger = logging.getLogger(__name__)
 
-DEMO_SIZE = 64  # the tiny model's native size (its VAE downsamples ×2)
-DEMO_INSTRUCTION = "make the circle red"
-
-
-def render_input(size: int = DEMO_SIZE) -> Image.Image:
-    """A blue circle on a light background: the kind of scene the trainer's toy world renders."""
-    image = Image.new("RGB", (size, size), (235, 235, 225))
-    draw = ImageDraw.Draw(image)
-    margin = size // 5
-    draw.ellipse((margin, margin, size - margin, size - margin), fill=(40, 70, 200))
-    return image
-
-
-def prepare(out_dir: Path) -> tuple[Path, Path]:
-    """The random-weight model folder and the input image, built once and reused."""
-    from ..headless.export import save_diffusers
-    from ..headless.random_model import build_random_model
-
-    model_dir = out_dir / "random-tiny-ip2p"
-    if not (model_dir / "model_index.json").is_file():
-        logger.info("Building a tiny InstructPix2Pix model with random weights in %s", model_dir)
-        save_diffusers(build_random_model("tiny", in_channels=8, seed=0), model_dir)
-    input_path = out_dir / "input.png"
-    if not input_path.is_file():
-        render_input().save(input_path)
-    return model_dir, input_path
-
-
-def edit_arguments(model_dir: Path, input_path: Path, out_path: Path, steps: int, seed: int) -> list[str]:
-    """The ``ip2p edit`` arguments the demo runs."""
-    return [
-        "--model", str(model_dir), "--image", str(input_path), "--instruction", DEMO_INSTRUCTION,
-        "--out", str(out_path), "--steps", str(steps), "--seed", str(seed), "--max-side", str(DEMO_SIZE),
-    ]  # fmt: skip
+DEMO_EXAMPLES = 64  # held-out examples scored
+REPORT_ROWS = 8  # of which the report shows the first
+SWEEP_TEXT_CFG = (1.0, 3.0, 7.5)
+SWEEP_IMAGE_CFG = (1.0, 1.5, 3.0)
+CELL = 128  # report cells are the 64 px images enlarged ×2 (nearest), so labels fit
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = commands.add_parser(
         "demo",
         parents=[common],
-        help="run `ip2p edit` on the embedded default model (random weights: plumbing only)",
-        description="Build the embedded default model and edit a rendered image with it. The default model has "
-        "random weights until the trainer's toy model ships: the output proves the pipeline, not edit quality.",
+        help="edit held-out toy images with the shipped toy model and score the edits (--train: retrain it first)",
+        description="The toy world's demo: the shipped toy InstructPix2Pix model (trained here by `ip2p train` on "
+        "rendered shapes) edits held-out examples it never saw; the scores compare its edits with the true edits "
+        "inside the edit mask, against two baselines (the unchanged input, the same model given a wrong "
+        "instruction), and with the input outside the mask.",
     )
-    p.add_argument("--out", default="out/demo", help="folder for the model, input.png and edited.png")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--out", default="out/demo", help="folder for input.png, edited.png, report.png, scores.json")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per edit (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument(
+        "--examples", type=int, default=DEMO_EXAMPLES, help=f"held-out examples to score (default: {DEMO_EXAMPLES})"
+    )
+    p.add_argument("--model", default=None, help="score this toy model (a diffusers folder) instead of the shipped one")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="retrain the toy model from nothing under --out first (VAE step, dataset, trainer; ~15 min on 2 cores)",
+    )
+    p.add_argument("--train-steps", type=int, default=None, help="with --train: optimizer steps (default: toy.yaml's)")
     p.set_defaults(handler=run)
 
 
+def _model_dir(args: argparse.Namespace, out_dir: Path) -> Path:
+    from ..headless.toy_model import SHIPPED_MODEL
+
+    if args.train:
+        if args.model:
+            raise IP2PError("--train trains its own model under --out; leave out --model.")
+        from ip2p_train.toy import train_toy_model  # the trainer: only when asked for
+
+        return train_toy_model(out_dir, steps=args.train_steps, progress=not args.quiet)
+    model_dir = Path(args.model) if args.model else SHIPPED_MODEL
+    if not (model_dir / "model_index.json").is_file():
+        raise IP2PError(f"{model_dir} is not a diffusers model folder. Give a toy model's folder, or use --train.")
+    return model_dir
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..datasets.toy import render_example, toy_seeds
+    from ..headless.editor import EditSettings
+    from ..headless.loading import load_edit_model
+    from ..headless.toy_model import HELDOUT_RUN
+    from ..headless.toy_scores import score_toy_model
+
+    if args.examples < 2:
+        raise IP2PError(f"--examples is {args.examples}; give 2 or more (the wrong-instruction baseline needs two).")
     out_dir = Path(args.out)
-    model_dir, input_path = prepare(out_dir)
-    edited = out_dir / "edited.png"
-    edit_args = edit.parse_arguments(edit_arguments(model_dir, input_path, edited, args.steps, args.seed))
-    edit_args.quiet = args.quiet  # no step bar under -q
+    seeds = toy_seeds(HELDOUT_RUN, args.examples)  # validates the count
+    model_dir = _model_dir(args, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    first = render_example(seeds[0])
+    input_path, edited_path = out_dir / "input.png", out_dir / "edited.png"
+    with atomic_file(input_path) as tmp:
+        first.input_image.save(tmp, format="PNG")
+    edit_args = edit.parse_arguments([
+        "--model", str(model_dir), "--image", str(input_path), "--instruction", first.instruction,
+        "--out", str(edited_path), "--steps", str(args.steps), "--seed", str(args.seed),
+    ])  # fmt: skip
+    edit_args.quiet = args.quiet
     status = edit.run(edit_args)
-    if status == 0:
-        logger.info(
-            "Demo done: %s -> %s. The embedded model has RANDOM weights (built from configs), so the edit is "
-            "noise: this run checks the plumbing, not the quality.",
-            input_path,
-            edited,
-        )
-    return status
+    if status:
+        return status
+
+    model = load_edit_model(model_dir)
+    settings = EditSettings(instruction="", steps=args.steps, seed=args.seed)
+    summary, edits = score_toy_model(model, seeds, settings)
+    report = out_dir / "report.png"
+    with atomic_file(report) as tmp:
+        render_report(model, edits[:REPORT_ROWS], settings).save(tmp, format="PNG")
+    scores = {
+        "model": str(model_dir),
+        "heldout_examples": f"ip2p dataset toy --seed {HELDOUT_RUN} --count {args.examples}",
+        "settings": {"steps": args.steps, "seed": args.seed, "text_cfg": settings.text_cfg,
+                     "image_cfg": settings.image_cfg, "sampler": settings.sampler},
+        "distance": "mean absolute RGB difference in [0, 1], per example then averaged",
+        **summary,
+        "per_example": [{"seed": e.example.seed, "instruction": e.example.instruction,
+                         "wrong_instruction": e.wrong_instruction, **e.distances} for e in edits],
+    }  # fmt: skip
+    with atomic_file(out_dir / "scores.json") as tmp:
+        tmp.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    logger.info(
+        "Toy demo on %d held-out examples -> %s\n"
+        "  inside the edit mask, distance to the true edit: %.3f (unchanged input: %.3f, wrong instruction: %.3f)\n"
+        "  outside the mask, distance to the input: %.3f\n"
+        "  %s: '%s' -> %s; the report grid: %s",
+        summary["examples"], out_dir / "scores.json",
+        summary["inside.result_to_truth"], summary["inside.input_to_truth"],
+        summary["inside.wrong_instruction_to_truth"], summary["outside.result_to_input"],
+        input_path, first.instruction, edited_path, report,
+    )  # fmt: skip
+    return 0
+
+
+def render_report(model, edits, settings):
+    """Rows of held-out examples (input, truth, edit, wrong-instruction edit) above a guidance sweep of the first."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..grid import labelled_grid
+    from ..headless.toy_scores import edit_examples
+
+    def cell(pixels) -> torch.Tensor:
+        image = Image.fromarray(np.asarray(pixels)).resize((CELL, CELL), Image.Resampling.NEAREST)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+
+    rows = []
+    for e in edits:
+        rows += [cell(e.example.input_image), cell(e.example.edited_image), cell(e.result), cell(e.wrong_result)]
+    examples = labelled_grid(
+        torch.stack(rows),
+        [e.example.instruction for e in edits],
+        ["input", "true edit", f"edit (text {settings.text_cfg:g}, image {settings.image_cfg:g})",
+         "given another instruction"],
+        label_width=2 * CELL,
+    )  # fmt: skip
+    first = edits[0].example
+    sweep_cells = []
+    for image_cfg in SWEEP_IMAGE_CFG:
+        for text_cfg in SWEEP_TEXT_CFG:
+            s = dataclasses.replace(settings, text_cfg=text_cfg, image_cfg=image_cfg)
+            sweep_cells.append(cell(edit_examples(model, [first], [first.instruction], s)[0]))
+    sweep = labelled_grid(
+        torch.stack(sweep_cells),
+        [f"image_cfg {v:g}" for v in SWEEP_IMAGE_CFG],
+        [f"text_cfg {v:g}" for v in SWEEP_TEXT_CFG],
+        label_width=2 * CELL,
+    )
+    parts = [Image.fromarray((g.numpy() * 255).round().astype(np.uint8)) for g in (examples, sweep)]
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + 16), "white")
+    canvas.paste(parts[0], (0, 0))
+    canvas.paste(parts[1], (0, parts[0].height + 16))
+    return canvas

@@ -58,8 +58,9 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--max-side",
         type=int,
-        default=sizing.DEFAULT_MAX_SIDE,
-        help=f"long side for --resize paper (512; at most {sizing.MAX_MAX_SIDE})",
+        default=None,
+        help=f"long side for --resize paper (default: the model's own size, its UNet's sample_size × the VAE's "
+        f"factor: 512 for SD 1.5, 64 for the toy model; at most {sizing.MAX_MAX_SIDE}); recorded in the PNG",
     )
     p.add_argument(
         "--max-input-side",
@@ -243,12 +244,22 @@ def group_by_size(inputs: list[Path], batch: int) -> list[list[int]]:
     return sorted(chunks, key=lambda chunk: chunk[0])
 
 
+def working_settings(settings, model):
+    """``settings`` with the working long side decided: ``--max-side`` when given, else the model's own size."""
+    resolved = settings.for_model(model)
+    if settings.max_side is None and settings.resize == "paper" and not settings.is_empty:
+        logger.info(
+            "Working long side %d px: the model's own size (pass --max-side to choose another)", resolved.max_side
+        )
+    return resolved
+
+
 def edit_metadata(settings, model, source: Path, batch_size: int, batch_index: int) -> dict:
     """What a PNG records: the settings that applied, with dtype and device, and which model made it.
 
     Enough to reproduce the edit from the PNG alone. An empty instruction applies nothing (the
-    input comes back as it was), so only the instruction is recorded then; ``max_side`` only
-    under ``--resize paper``.
+    input comes back as it was), so only the instruction is recorded then; ``max_side`` (the long side
+    used: ``--max-side``, or the model's own size) only under ``--resize paper``.
     """
     metadata: dict = {"instruction": settings.instruction}
     if not settings.is_empty:
@@ -298,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.is_empty:
         logger.warning("The instruction is empty: the images are written unchanged.")
     model = load_edit_model(args.model, require_edit=True, device=str(device), dtype=dtype)
+    settings = working_settings(settings, model)
     # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
     bar = _image_bar(len(inputs), show=len(inputs) > 1 and not args.quiet)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 ENV_TOKENIZER = "IP2P_CLIP_TOKENIZER"
 
 CLIP_VOCAB_SIZE = 49408  # 512 byte tokens + 48894 merges + 2 special tokens
+MIN_SYNTHETIC_VOCAB_SIZE = 514  # the 512 byte tokens and the 2 special tokens
 CLIP_MAX_LENGTH = 77
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -119,8 +120,8 @@ def synthetic_clip_vocab(vocab_size: int = CLIP_VOCAB_SIZE) -> tuple[list[str], 
     merge produces, and the start/end tokens last (ids 49406/49407 at the real size).
     """
     base = _base_tokens()
-    if vocab_size < len(base) + 2:
-        raise ValueError(f"vocab_size must be at least {len(base) + 2}, got {vocab_size}")
+    if vocab_size < MIN_SYNTHETIC_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least {MIN_SYNTHETIC_VOCAB_SIZE}, got {vocab_size}")
     vocab = list(base)
     known = set(vocab)
     merges: list[tuple[str, str]] = []

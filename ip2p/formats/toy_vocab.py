@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import cache
 from pathlib import Path
 
 from ..datasets.toy import TOY_WORDS
@@ -14,6 +15,7 @@ from ..errors import IP2PError
 from .tokenizer import END_TOKEN, START_TOKEN, _base_tokens, load_clip_tokenizer, write_tokenizer_files
 
 TOY_VOCAB_SIZE = 1024  # the toy text encoder's vocab_size (ip2p/headless/configs/toy.json)
+TOY_TOKENIZER = "toy"  # how random models and single files name this tokenizer (a single file carries none)
 
 # Words besides TOY_WORDS that are one token each, so hand-written instructions stay short too.
 EXTRA_WORDS = (
@@ -58,6 +60,23 @@ def toy_vocab(vocab_size: int = TOY_VOCAB_SIZE) -> tuple[list[str], list[tuple[s
     Each word gets merges until the BPE spells it as one symbol; a merge added later ranks below
     every earlier one, so it never changes how an earlier word is split.
     """
+    tokens, merges = _toy_tokens()
+    vocab = list(tokens)
+    needed = toy_vocab_min_size()
+    if vocab_size < needed:
+        raise IP2PError(f"The toy vocabulary needs at least {needed} tokens; the text encoder has {vocab_size}.")
+    vocab += [f"<|ip2p_toy_unused_{i}|>" for i in range(vocab_size - needed)]
+    return [*vocab, START_TOKEN, END_TOKEN], list(merges)
+
+
+def toy_vocab_min_size() -> int:
+    """The fewest tokens the toy vocabulary fits in: its byte and word tokens, and start and end."""
+    return len(_toy_tokens()[0]) + 2
+
+
+@cache
+def _toy_tokens() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The byte tokens and one token per merge (no filler, no specials), and the merges, in order."""
     vocab = _base_tokens()
     known = set(vocab)
     merges: list[tuple[str, str]] = []
@@ -70,11 +89,7 @@ def toy_vocab(vocab_size: int = TOY_VOCAB_SIZE) -> tuple[list[str], list[tuple[s
             if pair[0] + pair[1] not in known:
                 vocab.append(pair[0] + pair[1])
                 known.add(pair[0] + pair[1])
-    needed = len(vocab) + 2
-    if vocab_size < needed:
-        raise IP2PError(f"The toy vocabulary needs at least {needed} tokens; the text encoder has {vocab_size}.")
-    vocab += [f"<|ip2p_toy_unused_{i}|>" for i in range(vocab_size - needed)]
-    return [*vocab, START_TOKEN, END_TOKEN], merges
+    return tuple(vocab), tuple(merges)
 
 
 def toy_tokenizer_files(folder: str | os.PathLike, vocab_size: int = TOY_VOCAB_SIZE) -> Path:

@@ -8,11 +8,13 @@ scheduler "normal" gives the pipeline's image, and an image's edit does not depe
 A result with NaN or inf values is refused (:class:`NonFiniteEditError`), never returned. It differs where the pipeline is wrong for this model: guidance is never
 switched off for ``image_cfg < 1`` or ``text_cfg <= 1``, the branches come from
 :class:`ip2p.guidance.Guidance` (two or one when a scale is 1), the input-image latent follows
-the model family's scaling convention, and the image is sized by :mod:`ip2p.sizing`.
+the model family's scaling convention, and the image is sized by :mod:`ip2p.sizing` (by default at
+the size the model was trained at, ``unet.sample_size`` × the VAE's factor).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -43,7 +45,7 @@ class EditSettings:
     scheduler: str = "normal"  # the model's own timestep spacing
     seed: int = 0
     resize: str = "paper"  # "paper" (long side → max_side, multiples of 64) or "keep"
-    max_side: int = sizing.DEFAULT_MAX_SIDE
+    max_side: int | None = None  # None: the model's own size (sample_size × VAE factor: 512 for SD 1.5)
     max_input_side: int = sizing.DEFAULT_MAX_INPUT_SIDE  # larger inputs are refused
 
     def __post_init__(self) -> None:
@@ -68,12 +70,17 @@ class EditSettings:
             raise IP2PError(
                 f"Unknown resize policy {self.resize!r}; choose one of {', '.join(sizing.RESIZE_POLICIES)}."
             )
-        if not _is_int(self.max_side) or (self.resize == "paper" and self.max_side < 64):
-            raise IP2PError(f"max_side is {self.max_side!r}; the paper policy needs a whole number ≥ 64 (try 512).")
-        if self.max_side > sizing.MAX_MAX_SIDE:
-            raise IP2PError(
-                f"max_side is {self.max_side}; give at most {sizing.MAX_MAX_SIDE} (SD 1.5 models edit best at 512)."
-            )
+        if self.max_side is not None:
+            if not _is_int(self.max_side) or (self.resize == "paper" and self.max_side < 64):
+                raise IP2PError(
+                    f"max_side is {self.max_side!r}; the paper policy needs a whole number ≥ 64 (try 512), "
+                    f"or none for the model's own size."
+                )
+            if self.max_side > sizing.MAX_MAX_SIDE:
+                raise IP2PError(
+                    f"max_side is {self.max_side}; give at most {sizing.MAX_MAX_SIDE}, or none for the model's own "
+                    f"size (SD 1.5 models edit best at their own 512)."
+                )
         if not _is_int(self.max_input_side) or not sizing.MIN_SIDE <= self.max_input_side <= sizing.MAX_MAX_INPUT_SIDE:
             raise IP2PError(
                 f"max_input_side is {self.max_input_side!r}; give a whole number from {sizing.MIN_SIDE} to "
@@ -88,6 +95,18 @@ class EditSettings:
     def is_empty(self) -> bool:
         """An empty or blank instruction edits nothing (the input comes back unchanged)."""
         return not self.instruction.strip()
+
+    def for_model(self, model: EditModel) -> EditSettings:
+        """These settings with ``max_side`` filled in from ``model`` when it was left to it (None)."""
+        if self.max_side is not None:
+            return self
+        return dataclasses.replace(self, max_side=model_max_side(model))
+
+
+def model_max_side(model: EditModel) -> int:
+    """The long side ``model`` was trained at, the paper policy's default: ``unet.sample_size`` × the VAE's
+    factor (512 for SD 1.5, 64 for the toy model), see :func:`ip2p.sizing.model_max_side`."""
+    return sizing.model_max_side(model.unet.config, model.vae.config)
 
 
 class NonFiniteEditError(IP2PError):
@@ -214,23 +233,31 @@ def edit(
     *,
     noise: torch.Tensor | None = None,
     sigmas: torch.Tensor | None = None,
+    instructions: list[str] | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Edit (B, 3, H, W) images in [0, 1] by ``settings.instruction``; returns images in [0, 1].
 
-    The output is at the working size of ``settings.resize`` ("paper") or the input size ("keep").
+    The output is at the working size of ``settings.resize`` ("paper": the long side ``settings.max_side``,
+    by default the model's own, :func:`model_max_side`) or the input size ("keep").
     ``noise`` replaces the seeded draw of the unscaled N(0, 1) starting latent; ``sigmas`` replaces
     the scheduler's schedule (len = steps + 1, ComfyUI's conventions: the model runs at the
     timestep of the nearest sigma, and the start is noise·√(1 + σ₀²) when σ₀ is the model's σ_max,
     else noise·σ₀). Both exist so other backends can be compared on the same starting point.
+    ``instructions`` (one per image) replaces ``settings.instruction``: each image is edited exactly as
+    it would be alone, so a batch of different edits costs one model call per step.
     """
     settings.validate()
     check_images(images)
     height, width = images.shape[-2:]
     sizing.check_input_size(width, height, settings.max_input_side)
-    if settings.is_empty:
+    texts = [settings.instruction] * images.shape[0] if instructions is None else list(instructions)
+    if len(texts) != images.shape[0] or not all(isinstance(t, str) for t in texts):
+        raise IP2PError(f"instructions must be {images.shape[0]} texts, one per image.")
+    if all(not t.strip() for t in texts):
         return images.clone()
     require_edit_model(model.family, model.source or "The model")
+    settings = settings.for_model(model)
 
     working = sizing.prepare(images, settings.resize, settings.max_side)
     factor = model.vae_scale_factor
@@ -255,7 +282,7 @@ def edit(
         scheduler = schedulers.explicit_sigma_scheduler(model.scheduler_config, settings.sampler, settings.scheduler)
         timesteps = schedulers.set_sigmas(scheduler, sigmas, device=device)
 
-    text = encode_text(model, [settings.instruction]).to(device=device, dtype=dtype).expand(batch, -1, -1)
+    text = encode_text(model, texts).to(device=device, dtype=dtype)
     no_text = encode_text(model, [settings.negative]).to(device=device, dtype=dtype).expand(batch, -1, -1)
     image_latent = encode_image_latent(model, working).to(device=device, dtype=dtype)
 

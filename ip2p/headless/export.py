@@ -18,7 +18,8 @@ from ..errors import IP2PError
 from ..formats import convert
 from ..formats.atomic import atomic_dir
 from ..formats.checkpoint import META_KEY, SAFETENSORS_SUFFIXES, save_safetensors_atomic
-from ..formats.tokenizer import write_tokenizer_files
+from ..formats.tokenizer import CLIP_VOCAB_SIZE, MIN_SYNTHETIC_VOCAB_SIZE, synthetic_clip_vocab, write_tokenizer_files
+from ..formats.toy_vocab import TOY_TOKENIZER, toy_vocab, toy_vocab_min_size
 from . import libraries
 from .components import EditModel, canonical_text_state
 
@@ -127,18 +128,49 @@ def original_state_dict(model: EditModel, dtype: torch.dtype | None = None) -> d
     return state
 
 
+def tokenizer_record(model: EditModel) -> str:
+    """What a single file records of ``model``'s tokenizer, which the file itself cannot carry.
+
+    ``"toy"``: the toy world's vocabulary (:mod:`ip2p.formats.toy_vocab`); ``"synthetic:N"``: the
+    synthetic vocabulary of random models; ``""``: CLIP's own, which the loader finds offline. Told
+    apart by the tokenizer's vocabulary itself (a model loaded from a diffusers folder has no other
+    trace of it), built at the text encoder's size as the loader rebuilds it. Any other tokenizer
+    cannot be rebuilt from a single file: refused, naming the diffusers folder as the way to save it.
+    """
+    vocab_size = int(model.text_encoder.config.vocab_size)
+    vocab = model.tokenizer.get_vocab()
+    if len(vocab) == vocab_size:
+        if vocab_size >= toy_vocab_min_size() and vocab == _ids(toy_vocab(vocab_size)[0]):
+            return TOY_TOKENIZER
+        if vocab_size >= MIN_SYNTHETIC_VOCAB_SIZE and vocab == _ids(synthetic_clip_vocab(vocab_size)[0]):
+            return f"synthetic:{vocab_size}"
+    if vocab_size == CLIP_VOCAB_SIZE and len(vocab) == CLIP_VOCAB_SIZE:
+        return ""
+    raise IP2PError(
+        f"The model's tokenizer ({len(vocab)} tokens, text encoder vocabulary {vocab_size}) is neither CLIP's, "
+        f"the toy vocabulary nor a synthetic one, and a single file carries no tokenizer: it would load back with "
+        f"the wrong one. Save the model as a diffusers folder instead (save_diffusers), which keeps its tokenizer."
+    )
+
+
+def _ids(vocab: list[str]) -> dict[str, int]:
+    return {token: index for index, token in enumerate(vocab)}
+
+
 def save_single_file(model: EditModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Save ``model`` as one original-layout ``.safetensors`` file (ComfyUI's checkpoint loader reads it).
 
-    The metadata records the exact configs (and a synthetic tokenizer, for random models), so
-    the file loads back to the same modules.
+    The metadata records the exact configs and which tokenizer to rebuild (:func:`tokenizer_record`:
+    the toy or a synthetic vocabulary; none for CLIP's), so the file loads back to the same modules
+    and the same tokens. Architectures ComfyUI cannot build (the toy model's 8-group norms and small
+    text encoder) round-trip through the headless loader only.
     """
     path = Path(path)
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         raise IP2PError(f"A single-file model is saved as .safetensors, got {path}. Choose a .safetensors path.")
     ours: dict = {"configs": model_configs(model)}
-    tokenizer_source = str(model.extra.get("tokenizer_source", ""))
-    if tokenizer_source.startswith("synthetic"):
-        ours["tokenizer"] = tokenizer_source
+    tokenizer = tokenizer_record(model)
+    if tokenizer:
+        ours["tokenizer"] = tokenizer
     metadata = {META_KEY: json.dumps(ours, sort_keys=True)}
     return save_safetensors_atomic(original_state_dict(model, dtype), path, metadata=metadata)

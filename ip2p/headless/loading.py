@@ -35,6 +35,7 @@ from ..formats.tokenizer import (
     load_clip_tokenizer,
     write_synthetic_clip_tokenizer,
 )
+from ..formats.toy_vocab import TOY_TOKENIZER, toy_tokenizer, toy_vocab_min_size
 from ..model_family import classify, require_edit_model
 from . import libraries
 from .components import EditModel, text_to_module_layout
@@ -243,7 +244,24 @@ def _built_from(source: str, what: str, factory) -> torch.nn.Module:
 
 
 def _single_file_tokenizer(path: Path, vocab_size: int, metadata: dict):
+    """The tokenizer a single file's metadata names (a file carries none), and where it came from.
+
+    ``"toy"``: the toy vocabulary at the text encoder's size; ``"synthetic:N"`` (or no record with a
+    vocabulary that is not CLIP's): a synthetic one; no record: CLIP's, found offline.
+    """
     source = str(metadata.get("tokenizer") or "")
+    if source == TOY_TOKENIZER:
+        if vocab_size < toy_vocab_min_size():
+            raise IP2PError(
+                f"{path} names the toy tokenizer, but its text encoder has only {vocab_size} tokens (the toy "
+                f"vocabulary needs {toy_vocab_min_size()}). The file is damaged or was edited: re-export the model."
+            )
+        return toy_tokenizer(vocab_size), TOY_TOKENIZER
+    if source and not source.startswith("synthetic"):
+        raise IP2PError(
+            f"{path} names a tokenizer this version does not know ({source!r}; known: {TOY_TOKENIZER!r}, "
+            f"'synthetic:N', none for CLIP's). Update comfyui-ip2p, or re-export the model with this version."
+        )
     if source.startswith("synthetic") or vocab_size != CLIP_VOCAB_SIZE:
         if vocab_size != CLIP_VOCAB_SIZE and not source.startswith("synthetic"):
             logger.warning(

@@ -48,6 +48,15 @@ logger = logging.getLogger(__name__)
 
 TOY_SIZE = "toy"  # the architecture's name in random_model.SIZES / configs/toy.json
 
+# The trained toy model that ships in the package (a diffusers folder): `ip2p demo`'s default model,
+# and the VAE of `model.base=config:toy`.
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "toy-ip2p"
+
+# `ip2p dataset toy --seed` runs of the toy model's recipe: it trains on the first, and the demo
+# scores it on the second, which no training ever sees.
+TRAIN_RUN = 1
+HELDOUT_RUN = 2
+
 
 # Example-seed runs of the VAE step (toy_seeds(run, n) = run·10⁶ … run·10⁶ + n − 1): far from the
 # small --seed values of `ip2p dataset toy` runs, which the trainer trains and evaluates on.
@@ -238,6 +247,19 @@ def _progress_bar(total: int, enabled: bool):
     except ImportError:  # pragma: no cover - tqdm comes with the headless extra
         return None
     return tqdm(total=total, desc="toy VAE", unit="step", disable=not enabled, leave=False)
+
+
+def shipped_vae():
+    """The shipped toy model's pretrained VAE (what ``model.base=config:toy`` trains with, frozen)."""
+    from diffusers import AutoencoderKL
+
+    folder = SHIPPED_MODEL / "vae"
+    if not (folder / "config.json").is_file():
+        raise IP2PError(
+            f"The shipped toy model is missing ({SHIPPED_MODEL}), so config:toy has no pretrained VAE. Reinstall "
+            f"comfyui-ip2p, or build a toy base with its own VAE: ip2p demo --train --out DIR."
+        )
+    return AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval()
 
 
 # --- the base model ---------------------------------------------------------------------------------

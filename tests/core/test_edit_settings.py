@@ -13,12 +13,11 @@ from ip2p.headless.editor import EditSettings
 def test_defaults_are_the_papers():
     settings = EditSettings("make it winter")
     assert (settings.steps, settings.text_cfg, settings.image_cfg) == (100, 7.5, 1.5)
-    assert (settings.sampler, settings.scheduler, settings.resize, settings.max_side) == (
-        "euler_ancestral",
-        "normal",
-        "paper",
-        512,
-    )
+    assert (settings.sampler, settings.scheduler, settings.resize) == ("euler_ancestral", "normal", "paper")
+
+
+def test_the_working_side_is_left_to_the_model_by_default():
+    assert EditSettings("make it winter").max_side is None
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,37 @@ def test_images_under_8_px_are_refused(size):
 def test_images_over_the_limit_are_refused_and_the_limit_is_named():
     with pytest.raises(IP2PError, match="limit of 1024"):
         sizing.check_input_size(2048, 512, max_input_side=1024)
+
+
+# -- the model's own working size --------------------------------------------------------------
+
+
+def _configs(sample_size, vae_levels: int) -> tuple[dict, dict]:
+    return {"sample_size": sample_size}, {"block_out_channels": [32] * vae_levels}
+
+
+@pytest.mark.parametrize(
+    ("sample_size", "vae_levels", "expected"),
+    [(64, 4, 512), (16, 3, 64), (32, 2, 64), (128, 4, 1024), (96, 4, 768)],
+    ids=["sd15", "toy", "tiny", "sdxl-shaped", "sd2-base-shaped"],
+)
+def test_a_models_own_side_is_its_unet_sample_size_times_the_vae_factor(sample_size, vae_levels, expected):
+    assert sizing.model_max_side(*_configs(sample_size, vae_levels)) == expected
+
+
+def test_a_rectangular_sample_size_gives_its_longer_side():
+    assert sizing.model_max_side(*_configs([48, 64], 4)) == 512
+
+
+@pytest.mark.parametrize(
+    ("sample_size", "vae_levels", "expected"), [(8, 2, 64), (40, 2, 64), (100, 2, 192), (1024, 4, 4096)]
+)
+def test_a_models_own_side_is_one_the_paper_policy_accepts(sample_size, vae_levels, expected):
+    side = sizing.model_max_side(*_configs(sample_size, vae_levels))
+    assert side == expected
+    assert sizing.paper_size(side, side, side) == (side, side)
+
+
+@pytest.mark.parametrize("sample_size", [None, 0, "64", True])
+def test_a_config_without_a_usable_sample_size_gives_the_default_side(sample_size):
+    assert sizing.model_max_side(*_configs(sample_size, 4)) == sizing.DEFAULT_MAX_SIDE

@@ -54,6 +54,12 @@ def _tiny_overrides(data, output_dir, **extra) -> list[str]:
         "checkpoints.total_limit": 3,
         "ema.enabled": True,
         "mixed_precision": "no",
+        # toy.yaml tunes these for the toy world; the tiny runs keep the general defaults
+        "data.cache": False,
+        "data.flip": 0.5,
+        "optim.lr": 1e-4,
+        "optim.warmup_steps": 0,
+        "ema.decay": 0.999,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

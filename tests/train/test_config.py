@@ -22,7 +22,7 @@ def test_the_shipped_configs_are_sd15_and_toy_and_load_by_name():
     sd15 = load_config("sd15")
     assert (sd15.data.resolution, sd15.optim.lr, sd15.data.flip) == (256, 1e-4, 0.5)
     assert sd15.ema.enabled and (sd15.dropout.text, sd15.dropout.image, sd15.dropout.both) == (0.05, 0.05, 0.05)
-    assert load_config("toy.yaml").model.base == "config:tiny"
+    assert load_config("toy.yaml").model.base == "config:toy"
 
 
 def test_the_required_key_names_exist():

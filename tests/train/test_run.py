@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,20 @@ def test_resuming_with_an_incompatible_config_is_refused_and_nothing_is_overwrit
     assert _snapshot(run_a) == before
 
 
+def test_resuming_with_another_process_count_is_refused_and_nothing_is_overwritten(
+    paper_dataset, tiny_overrides, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, out, max_steps=2), "-q"]) == 0
+    state = ckpt.step_dir(out, 2) / "trainer_state.json"
+    assert json.loads(state.read_text()) == {"step": 2, "processes": 1}
+    state.write_text('{"step": 2, "processes": 2}\n')  # as a two-process run writes it
+    before = _snapshot(out)
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, out), "--resume", "latest"]) == 2
+    assert "was written by 2 processes; this run has 1" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
 def test_resume_latest_picks_the_highest_complete_checkpoint_and_pruning_spares_incomplete_ones(tmp_path):
     for step, complete in ((2, True), (4, True), (6, True), (8, False)):
         folder = ckpt.step_dir(tmp_path, step)
@@ -123,3 +138,36 @@ def test_a_missing_base_model_is_one_line_error(paper_dataset, tiny_overrides, t
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_save_cut_short_by_a_full_disk_leaves_the_previous_checkpoint_and_export_intact(
+    paper_dataset, tiny_overrides, tmp_path, monkeypatch
+):
+    import errno
+
+    from accelerate import Accelerator
+    from ip2p_train.config import load_config
+    from ip2p_train.loop import train
+
+    out = tmp_path / "run"
+    real_save = Accelerator.save_state
+
+    def save_then_fill_the_disk(self, output_dir=None, **kwargs):
+        if output_dir.endswith("step-4"):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(load_config("toy", tiny_overrides(paper_dataset, out)))
+    export_after = _snapshot(out / "export")
+    assert ckpt.resolve_resume("latest", out) == ckpt.step_dir(out, 2)
+    assert not ckpt.is_complete(ckpt.step_dir(out, 4))
+    assert json.loads((ckpt.step_dir(out, 2) / "trainer_state.json").read_text())["step"] == 2
+    model = load_edit_model(out / "export" / "model.safetensors")  # the step-2 export, whole
+    assert model.family.is_edit_model and export_after == _snapshot(out / "export")
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, out), "--resume", "latest", "-q"]) == 0
+    assert [step for step, _ in ckpt.complete_checkpoints(out)] == [2, 4]
