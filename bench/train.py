@@ -38,7 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpu_noise import CpuWindow, wait_for_quiet  # bench/ is sys.path[0] when this file runs as a script
+from _workers import environment  # bench/ is sys.path[0] when this file runs as a script
+from cpu_noise import CpuWindow, wait_for_quiet
 
 logger = logging.getLogger("bench")
 
@@ -283,18 +284,6 @@ def checkpointing_record(arch: str, off: dict, on: dict) -> dict:
         "noisy": on["noisy"] or off["noisy"],
         "on": on["name"],
         "off": off["name"],
-    }
-
-
-def environment() -> dict:
-    import torch
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
 
 

@@ -30,7 +30,7 @@ DEMO_EXAMPLES = 64  # held-out examples scored
 REPORT_ROWS = 8  # of which the report shows the first
 SWEEP_TEXT_CFG = (1.0, 3.0, 7.5)
 SWEEP_IMAGE_CFG = (1.0, 1.5, 3.0)
-CELL = 128  # report cells are the 64 px images enlarged ×2 (nearest), so labels fit
+CELL = 128  # report cells: the 64 px images enlarged (nearest) in a 2 px white frame, so labels fit
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -138,13 +138,14 @@ def render_report(model, edits, settings):
 
     import numpy as np
     import torch
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from ..grid import labelled_grid
     from ..headless.toy_scores import edit_examples
 
-    def cell(pixels) -> torch.Tensor:
-        image = Image.fromarray(np.asarray(pixels)).resize((CELL, CELL), Image.Resampling.NEAREST)
+    def cell(pixels) -> torch.Tensor:  # enlarged, in a white frame so neighbouring scenes stay apart
+        image = Image.fromarray(np.asarray(pixels)).resize((CELL - 4, CELL - 4), Image.Resampling.NEAREST)
+        image = ImageOps.expand(image, border=2, fill="white")
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
 
     rows = []
