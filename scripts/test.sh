@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
-#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~15 min)
+#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~25 min)
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
 # Environment:
@@ -74,7 +74,7 @@ if [ "$suite" = server ]; then
     fi
     paths=(tests/server)
 elif [ "$suite" = learning ]; then
-    paths=(tests/learning)  # the toy recipe at full length (~15 min on 2 cores)
+    paths=(tests/learning)  # the toy recipe at full length (~25 min on 2 cores)
 else
     paths=(tests/core tests/headless tests/train tests/comfy_lib)
 fi

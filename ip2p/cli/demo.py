@@ -53,7 +53,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--train",
         action="store_true",
-        help="retrain the toy model from nothing under --out first (VAE step, dataset, trainer; ~15 min on 2 cores)",
+        help="retrain the toy model from nothing under --out first (VAE step, dataset, trainer; ~22 min on 2 cores)",
     )
     p.add_argument("--train-steps", type=int, default=None, help="with --train: optimizer steps (default: toy.yaml's)")
     p.set_defaults(handler=run)

@@ -1,5 +1,5 @@
-"""The toy recipe at full length (``scripts/test.sh learning``, ~15 min on 2 cores): ``ip2p demo --train``
-retrains the toy model from nothing (VAE step, 5,000 toy pairs, 1,500 steps of batch 32) and the
+"""The toy recipe at full length (``scripts/test.sh learning``, ~25 min on 2 cores): ``ip2p demo --train``
+retrains the toy model from nothing (VAE step, 5,000 toy pairs, 3,000 steps of batch 32) and the
 model it makes follows instructions on 64 held-out examples it never saw.
 
 The bar of the toy world: inside the edit mask, the edit is at most half as far from the true
