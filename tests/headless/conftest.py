@@ -1,4 +1,4 @@
-"""Shared fixtures for the headless (diffusers) tests: tiny random models, in memory and on disk."""
+"""Shared fixtures for the headless (diffusers) tests: the tiny and toy random models, in memory and on disk."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ def tiny_diffusers_dir(tiny_model, tmp_path_factory):
 def tiny_single_file(tiny_model, tmp_path_factory):
     """``tiny_model`` saved as one original-layout .safetensors file."""
     return save_single_file(tiny_model, tmp_path_factory.mktemp("tiny_single") / "tiny-ip2p.safetensors")
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The toy world's architecture (ip2p/headless/configs/toy.json), random weights, seed 0."""
+    return build_random_model("toy", in_channels=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_single_file(toy_model, tmp_path_factory):
+    """``toy_model`` saved as one original-layout .safetensors file."""
+    return save_single_file(toy_model, tmp_path_factory.mktemp("toy_single") / "toy-ip2p.safetensors")
+
+
+@pytest.fixture(scope="session")
+def toy_diffusers_dir(toy_model, tmp_path_factory):
+    """``toy_model`` saved as a diffusers folder."""
+    return save_diffusers(toy_model, tmp_path_factory.mktemp("toy_diffusers") / "model")

@@ -1,4 +1,8 @@
-"""The embedded default job (`ip2p demo`): the toy model edits held-out toy examples and is scored."""
+"""The embedded default job (`ip2p demo`): the toy model edits held-out toy examples and is scored.
+
+The plumbing runs on the toy architecture with random weights (``toy_diffusers_dir``); the last test
+checks the shipped model itself.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +21,9 @@ SHIPPED_LIMIT_BYTES = 25 * 2**20
 
 
 @pytest.fixture(scope="module")
-def random_toy_model(tmp_path_factory):
-    """The toy architecture with random weights, as a diffusers folder: plumbing without the shipped model."""
-    from ip2p.headless.export import save_diffusers
-    from ip2p.headless.random_model import build_random_model
-
-    return save_diffusers(build_random_model("toy", in_channels=8, seed=0), tmp_path_factory.mktemp("toy") / "m")
-
-
-@pytest.fixture(scope="module")
-def demo_out(random_toy_model, tmp_path_factory):
+def demo_out(toy_diffusers_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--model", str(random_toy_model), "--out", str(out), "--steps", "2", "--examples", "4"]) == 0
+    assert main(["demo", "--model", str(toy_diffusers_dir), "--out", str(out), "--steps", "2", "--examples", "4"]) == 0
     return out
 
 
@@ -64,8 +59,8 @@ def test_the_report_shows_the_examples_above_a_guidance_sweep(demo_out):
     assert report.width >= 2 * CELL + 4 * CELL
 
 
-def test_quiet_passes_on_to_the_edit(random_toy_model, tmp_path, capsys):
-    assert main(["demo", "--model", str(random_toy_model), "--out", str(tmp_path), "--steps", "1",
+def test_quiet_passes_on_to_the_edit(toy_diffusers_dir, tmp_path, capsys):
+    assert main(["demo", "--model", str(toy_diffusers_dir), "--out", str(tmp_path), "--steps", "1",
                  "--examples", "2", "-q"]) == 0  # fmt: skip
     assert "ip2p edit" not in capsys.readouterr().err  # no step bar
 
@@ -77,8 +72,8 @@ def test_held_out_examples_are_never_training_examples():
     assert not held_out & trained
 
 
-def test_train_and_model_together_are_refused(random_toy_model, tmp_path, capsys):
-    assert main(["demo", "--train", "--model", str(random_toy_model), "--out", str(tmp_path)]) == 2
+def test_train_and_model_together_are_refused(toy_diffusers_dir, tmp_path, capsys):
+    assert main(["demo", "--train", "--model", str(toy_diffusers_dir), "--out", str(tmp_path)]) == 2
     assert "--train trains its own model" in capsys.readouterr().err
 
 

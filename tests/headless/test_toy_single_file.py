@@ -19,30 +19,19 @@ from ip2p.formats.checkpoint import META_KEY, read_ip2p_metadata
 from ip2p.formats.tokenizer import load_clip_tokenizer, write_synthetic_clip_tokenizer, write_tokenizer_files
 from ip2p.formats.toy_vocab import toy_vocab
 from ip2p.headless.editor import EditSettings, edit
-from ip2p.headless.export import save_diffusers, save_single_file
+from ip2p.headless.export import save_single_file
 from ip2p.headless.loading import load_edit_model
-from ip2p.headless.random_model import build_random_model
 
 INSTRUCTION = "make the red circle blue"
 
 
 @pytest.fixture(scope="module")
-def toy_model():
-    return build_random_model("toy", in_channels=8, seed=0)
+def loaded(toy_single_file):
+    return load_edit_model(toy_single_file)
 
 
-@pytest.fixture(scope="module")
-def toy_file(toy_model, tmp_path_factory):
-    return save_single_file(toy_model, tmp_path_factory.mktemp("toy") / "toy-ip2p.safetensors")
-
-
-@pytest.fixture(scope="module")
-def loaded(toy_file):
-    return load_edit_model(toy_file)
-
-
-def test_the_metadata_names_the_toy_tokenizer(toy_file):
-    assert read_ip2p_metadata(toy_file)["tokenizer"] == "toy"
+def test_the_metadata_names_the_toy_tokenizer(toy_single_file):
+    assert read_ip2p_metadata(toy_single_file)["tokenizer"] == "toy"
 
 
 def test_a_toy_single_file_loads_with_the_toy_tokenizer(toy_model, loaded):
@@ -74,9 +63,8 @@ def test_a_toy_single_file_edits_exactly_as_the_original(toy_model, loaded):
     )
 
 
-def test_a_toy_model_loaded_from_a_folder_still_names_its_tokenizer(toy_model, tmp_path):
-    folder = save_diffusers(toy_model, tmp_path / "toy")
-    path = save_single_file(load_edit_model(folder), tmp_path / "toy.safetensors")
+def test_a_toy_model_loaded_from_a_folder_still_names_its_tokenizer(toy_diffusers_dir, tmp_path):
+    path = save_single_file(load_edit_model(toy_diffusers_dir), tmp_path / "toy.safetensors")
     assert read_ip2p_metadata(path)["tokenizer"] == "toy"
 
 
@@ -101,10 +89,10 @@ def test_the_toy_vocabulary_at_another_size_is_not_taken_for_the_toy_tokenizer(t
         save_single_file(model, tmp_path / "model.safetensors")
 
 
-def test_a_tokenizer_record_this_version_does_not_know_is_refused_at_load(toy_file, tmp_path):
-    metadata = read_ip2p_metadata(toy_file)
+def test_a_tokenizer_record_this_version_does_not_know_is_refused_at_load(toy_single_file, tmp_path):
+    metadata = read_ip2p_metadata(toy_single_file)
     metadata["tokenizer"] = "klingon"
     path = tmp_path / "future.safetensors"
-    save_file(load_file(str(toy_file)), str(path), metadata={META_KEY: json.dumps(metadata)})
+    save_file(load_file(str(toy_single_file)), str(path), metadata={META_KEY: json.dumps(metadata)})
     with pytest.raises(IP2PError, match="'klingon'.*Update comfyui-ip2p"):
         load_edit_model(path)

@@ -16,21 +16,10 @@ from PIL import Image
 from ip2p import cli
 from ip2p.headless import libraries
 from ip2p.headless.editor import EditSettings, edit, model_max_side
-from ip2p.headless.export import save_single_file
 from ip2p.headless.random_model import architecture_config, build_random_model
 from ip2p.images import read_metadata
 
 FAST = ["--steps", "2", "--sampler", "euler", "-q"]
-
-
-@pytest.fixture(scope="module")
-def toy_model():
-    return build_random_model("toy", in_channels=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def toy_single_file(toy_model, tmp_path_factory):
-    return save_single_file(toy_model, tmp_path_factory.mktemp("toy") / "toy-ip2p.safetensors")
 
 
 def _shaped_like(size: str):
