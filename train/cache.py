@@ -22,6 +22,7 @@ import torch
 from ip2p.errors import IP2PError
 
 from .data import PositionStream, centred_pair_tensors, draw_mirror, tokenize
+from .model import encode_pairs
 
 logger = logging.getLogger("ip2p.train")
 
@@ -65,11 +66,8 @@ def encode_dataset(dataset: Sequence, model, *, resolution: int, flip: float, se
         for pairs in per_view:
             source = torch.stack([p[0] for p in pairs]).to(device, dtype)
             edited = torch.stack([p[1] for p in pairs]).to(device, dtype)
-            posterior = model.vae.encode(edited).latent_dist
-            outputs["edited_mean"].append(posterior.mean.float().cpu())
-            outputs["edited_std"].append(posterior.std.float().cpu())
-            mode = model.vae.encode(source).latent_dist.mode()
-            outputs["image_latent"].append(model.family.image_latent(mode, model.latent_scaling_factor).float().cpu())
+            for key, latent in zip(outputs, encode_pairs(model, edited, source), strict=True):  # in `chunks` order
+                outputs[key].append(latent.float().cpu())
         for key, tensors in outputs.items():
             chunks[key].append(torch.stack(tensors, dim=1))  # (n, views, C, h, w)
         instructions.extend(e.instruction for e in pending)

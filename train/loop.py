@@ -27,7 +27,7 @@ from ip2p.training import apply_dropout, diffusion_draws, dropout_masks
 from . import checkpoints as ckpt
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
-from .model import EMA, freeze, load_base, model_for_export
+from .model import EMA, encode_pairs, freeze, load_base, model_for_export
 from .validation import log_grid, log_scalars, make_validator, open_tensorboard
 
 logger = logging.getLogger("ip2p.train")
@@ -217,11 +217,10 @@ class Trainer:
         device, dtype, model = self.accelerator.device, self.weight_dtype, self.model
         if "edited_mean" in batch:
             return tuple(batch[k].to(device, dtype) for k in ("edited_mean", "edited_std", "image_latent", "text"))
-        posterior = model.vae.encode(batch["edited"].to(device, dtype=dtype)).latent_dist
-        mode = model.vae.encode(batch["input"].to(device, dtype=dtype)).latent_dist.mode()
-        image_latent = model.family.image_latent(mode, model.latent_scaling_factor)
-        text = model.text_encoder(batch["input_ids"].to(device))[0]
-        return posterior.mean, posterior.std, image_latent, text
+        mean, std, image_latent = encode_pairs(
+            model, batch["edited"].to(device, dtype=dtype), batch["input"].to(device, dtype=dtype)
+        )
+        return mean, std, image_latent, model.text_encoder(batch["input_ids"].to(device))[0]
 
     def loss(self, batch: dict) -> torch.Tensor:
         """The training loss of one micro-batch (mean over its samples)."""

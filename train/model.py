@@ -22,8 +22,9 @@ def load_base(base: str | None, seed: int = 0) -> EditModel:
     """``model.base`` -> an 8-channel (InstructPix2Pix) model in float32 on the CPU.
 
     ``config:NAME`` builds the named architecture of :mod:`ip2p.headless.random_model` with random
-    weights (``config:toy`` with the shipped toy model's pretrained VAE); a path is a diffusers folder or a single file of an SD 1.5 model, 4-channel (widened
-    here: pretrained channels copied, new ones zero) or 8-channel (training continues from it).
+    weights (``config:toy`` with the shipped toy model's pretrained VAE); a path is a diffusers folder
+    or a single file of an SD 1.5 model, 4-channel (widened here: pretrained channels copied, new
+    ones zero) or 8-channel (training continues from it).
     """
     if not base:
         raise IP2PError(
@@ -60,6 +61,18 @@ def load_base(base: str | None, seed: int = 0) -> EditModel:
         logger.info("Widening %s's conv_in from 4 to 8 input channels (the 4 new ones start at zero)", base)
         widen_model(model)
     return model
+
+
+@torch.no_grad()
+def encode_pairs(model: EditModel, edited: torch.Tensor, source: torch.Tensor):
+    """Pixels in [-1, 1] -> the edited images' VAE posterior (mean, std) and the input images' latent.
+
+    The input latent is the posterior's mode, scaled as the model family says (SD 1.5 InstructPix2Pix:
+    unscaled). The one encoding of the frozen VAE, for the training step and the latent cache alike.
+    """
+    posterior = model.vae.encode(edited).latent_dist
+    mode = model.vae.encode(source).latent_dist.mode()
+    return posterior.mean, posterior.std, model.family.image_latent(mode, model.latent_scaling_factor)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -17,22 +17,18 @@ grids are logged to ``OUTPUT_DIR/logs/`` (``tensorboard --logdir OUTPUT_DIR/logs
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, PngImagePlugin
 
 from ip2p import grid, sizing
 from ip2p.errors import IP2PError
-from ip2p.formats.atomic import atomic_file
-from ip2p.images import METADATA_KEY, load_image, to_rgb_array
+from ip2p.images import load_image, save_png, to_rgb_array
 
 from .config import TrainConfig, ValidationConfig
 
@@ -176,13 +172,7 @@ class Validator:
             "image_cfg": self.config.image_cfg, "steps": self.config.steps, "seed": self.config.seed,
             "sampler": SAMPLER, "scheduler": SCHEDULER, "resolution": self.resolution,
         }  # fmt: skip
-        info = PngImagePlugin.PngInfo()
-        info.add_text(METADATA_KEY, json.dumps(metadata, ensure_ascii=False))
-        pixels = (picture.numpy() * 255).round().astype(np.uint8)
-        with atomic_file(path) as temporary, open(temporary, "wb") as stream:
-            Image.fromarray(pixels).save(stream, format="PNG", pnginfo=info)
-            stream.flush()
-            os.fsync(stream.fileno())
+        save_png(picture.permute(2, 0, 1), path, metadata)
         return path, picture
 
 

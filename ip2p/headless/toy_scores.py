@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..datasets.toy import ToyExample, render_example
+from ..images import to_rgb_array
 from .components import EditModel
 
 
@@ -52,10 +53,6 @@ def wrong_instructions(examples: Sequence[ToyExample]) -> list[str]:
     return out
 
 
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
-
 def _mean_distance(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     """Mean absolute RGB difference over the pixels where ``where`` is true (NaN when there are none)."""
     if not where.any():
@@ -64,7 +61,7 @@ def _mean_distance(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
 
 
 def example_distances(example: ToyExample, result: np.ndarray, wrong_result: np.ndarray) -> dict[str, float]:
-    source, truth = _pixels(example.input_image), _pixels(example.edited_image)
+    source, truth = to_rgb_array(example.input_image), to_rgb_array(example.edited_image)
     edited, wrong = result.astype(np.float32) / 255.0, wrong_result.astype(np.float32) / 255.0
     inside = example.mask
     return {
@@ -101,7 +98,7 @@ def edit_examples(
     results = []
     for start in range(0, len(examples), EDIT_BATCH):
         chunk = examples[start : start + EDIT_BATCH]
-        pixels = torch.stack([torch.from_numpy(_pixels(e.input_image)).permute(2, 0, 1) for e in chunk])
+        pixels = torch.stack([torch.from_numpy(to_rgb_array(e.input_image)).permute(2, 0, 1) for e in chunk])
         texts = list(instructions[start : start + EDIT_BATCH])
         edited = edit(model, pixels, settings, instructions=texts, progress=False)
         results += list((edited.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8))
