@@ -75,16 +75,19 @@ def _model_dir(args: argparse.Namespace, out_dir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets.toy import render_example, toy_seeds
+    from ..datasets.toy import SEEDS_PER_RUN, render_example, toy_seeds
     from ..headless.editor import EditSettings
     from ..headless.loading import load_edit_model
     from ..headless.toy_model import HELDOUT_RUN
     from ..headless.toy_scores import score_toy_model
 
-    if args.examples < 2:
-        raise IP2PError(f"--examples is {args.examples}; give 2 or more (the wrong-instruction baseline needs two).")
+    if not 2 <= args.examples <= SEEDS_PER_RUN:
+        raise IP2PError(
+            f"--examples is {args.examples}; give 2 to {SEEDS_PER_RUN} (the wrong-instruction baseline needs two)."
+        )
+    settings = EditSettings(instruction="", steps=args.steps, seed=args.seed)  # checked before anything is written
     out_dir = Path(args.out)
-    seeds = toy_seeds(HELDOUT_RUN, args.examples)  # validates the count
+    seeds = toy_seeds(HELDOUT_RUN, args.examples)
     model_dir = _model_dir(args, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -102,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         return status
 
     model = load_edit_model(model_dir)
-    settings = EditSettings(instruction="", steps=args.steps, seed=args.seed)
     summary, edits = score_toy_model(model, seeds, settings)
     report = out_dir / "report.png"
     with atomic_file(report) as tmp:

@@ -82,6 +82,15 @@ def test_one_example_is_refused(tmp_path, capsys):
     assert "--examples is 1" in capsys.readouterr().err
 
 
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "0"]) == 2
+    assert "steps is 0" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--examples", "2000000"]) == 2
+    assert "--examples is 2000000" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_shipped_toy_model_is_a_small_diffusers_folder_with_its_tokenizer():
     files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
     assert (SHIPPED_MODEL / "model_index.json").is_file() and (SHIPPED_MODEL / "tokenizer").is_dir()
