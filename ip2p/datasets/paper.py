@@ -14,19 +14,26 @@ paper's generator does (the reader also accepts ``input``, as in the released pr
 
 Atomic and resumable: every file appears whole (temp file + rename, :mod:`ip2p.formats.atomic`),
 and a pair's ``metadata.jsonl`` line is written last, so a pair counts as finished only when its
-line and both images exist. :meth:`PaperLayoutWriter.has` tells a resumed run which pairs to skip;
-:meth:`PaperLayoutWriter.finish` scans the folders and lists the finished pairs in ``seeds.json``,
-so several processes may write one dataset as long as each prompt folder has one writer (split
-the prompts between processes), and whichever finishes last (or a final ``finish()``) lists them
-all. For an all-or-nothing dataset, write into :func:`~ip2p.formats.atomic.atomic_dir`.
+line and both images exist (a pair being replaced loses its line first). :meth:`PaperLayoutWriter.has`
+tells a resumed run which pairs to skip.
+
+Several processes may write one dataset, even the same prompt folder. A prompt folder belongs to
+the first ``prompt.json`` written into it: another writer with a different prompt for that index
+is refused, never mixed in. Every read-modify-write of a folder's ``prompt.json`` and
+``metadata.jsonl`` holds the lock ``ROOT/.writer.lock`` (:mod:`.locks`; held for milliseconds,
+dropped by the OS if a process dies), so no writer loses another's lines. :meth:`PaperLayoutWriter.finish`
+rebuilds ``seeds.json`` from what is on disk under ``ROOT/.seeds.lock``, so the last ``finish()``
+to run lists every pair finished before it, whichever process calls it. For an all-or-nothing
+dataset, write into :func:`~ip2p.formats.atomic.atomic_dir`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +41,15 @@ from PIL import Image
 
 from ..errors import IP2PError
 from ..formats.atomic import atomic_file
+from .locks import exclusive
 
 FOLDER_DIGITS = 7
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}  # the pair's extension → PIL format
 PAIR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # what finish() accepts as an existing pair image
-_EXTRA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+EXTRA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _TEXT_KEYS = ("caption", "input", "output")
+WRITER_LOCK = ".writer.lock"  # held around prompt.json / metadata.jsonl updates
+SEEDS_LOCK = ".seeds.lock"  # held while finish() scans and writes seeds.json
 
 
 def folder_name(prompt_index: int) -> str:
@@ -49,7 +59,8 @@ def folder_name(prompt_index: int) -> str:
     return f"{prompt_index:0{FOLDER_DIGITS}d}"
 
 
-def _check_prompt(prompt: Mapping) -> dict:
+def check_prompt(prompt: Mapping) -> dict:
+    """``prompt`` as a dict, refused early (before any file is written) without an instruction or with non-text captions."""
     edit = prompt.get("edit")
     if not isinstance(edit, str) or not edit.strip():
         raise IP2PError(f"A prompt needs a non-empty instruction under 'edit'; got {dict(prompt)!r}.")
@@ -59,7 +70,7 @@ def _check_prompt(prompt: Mapping) -> dict:
     return dict(prompt)
 
 
-def _as_image(value, name: str) -> Image.Image:
+def as_image(value, name: str) -> Image.Image:
     """A PIL image from a PIL image or a numpy array (bool → 1-bit, uint8 H×W → L, H×W×3/4 → RGB/RGBA)."""
     if isinstance(value, Image.Image):
         return value
@@ -75,7 +86,7 @@ def _as_image(value, name: str) -> Image.Image:
 
 
 def _save(image: Image.Image, path: Path, pil_format: str) -> None:
-    with atomic_file(path) as tmp:
+    with _writing(path) as tmp:
         if pil_format == "JPEG":
             image.convert("RGB").save(tmp, format="JPEG", quality=95)
         else:
@@ -83,8 +94,21 @@ def _save(image: Image.Image, path: Path, pil_format: str) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
+    with _writing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """:func:`atomic_file`, with a failed write (a full disk) reported as a user error naming ``path``."""
+    try:
+        with atomic_file(path) as tmp:
+            yield tmp
+    except OSError as exc:
+        raise IP2PError(
+            f"Cannot write {path}: {exc.strerror or exc}. Free disk space (or choose another folder) and run "
+            f"again: the pairs already finished are kept and skipped."
+        ) from exc
 
 
 def _metadata_lines(path: Path) -> list[tuple[int | None, str]]:
@@ -149,65 +173,79 @@ class PaperLayoutWriter:
         if seed < 0:
             raise IP2PError(f"A pair's seed must be 0 or more (got {seed}).")
         folder = self.folder(prompt_index)
-        prompt = _check_prompt(prompt)
+        prompt = check_prompt(prompt)
         extras = {}
         for name, value in (extra_images or {}).items():
-            if not _EXTRA_NAME.match(name) or name in ("0", "1"):
+            if not EXTRA_NAME.match(name) or name in ("0", "1"):
                 raise IP2PError(f"Extra image name {name!r} is not usable in a file name; use letters, digits, _ or -.")
-            extras[name] = _as_image(value, name)
+            extras[name] = as_image(value, name)
         record = {"seed": seed, **{k: v for k, v in (metadata or {}).items() if k != "seed"}}
         line = json.dumps(record, ensure_ascii=False, sort_keys=False)
-        pair = (_as_image(image0, "image0"), _as_image(image1, "image1"))
+        pair = (as_image(image0, "image0"), as_image(image1, "image1"))
 
         self._write_prompt(folder, prompt)
+        metadata_path = folder / "metadata.jsonl"
+        if any(s == seed for s, _ in _metadata_lines(metadata_path)):
+            self._update_metadata(metadata_path, seed, None)  # unfinished while its files are replaced
         for side, image in enumerate(pair):
             _save(image, folder / f"{seed}_{side}.{self.image_format}", IMAGE_FORMATS[self.image_format])
         for name, image in extras.items():
             _save(image, folder / f"{seed}_{name}.png", "PNG")
-        # Last: the line that marks the pair finished (the whole file rewritten atomically).
-        path = folder / "metadata.jsonl"
-        lines = [text for s, text in _metadata_lines(path) if s != seed] + [line]
-        _write_text(path, "\n".join(lines) + "\n")
+        self._update_metadata(metadata_path, seed, line)  # last: the line that marks the pair finished
         return folder
+
+    def _update_metadata(self, path: Path, seed: int, line: str | None) -> None:
+        """Rewrite ``metadata.jsonl`` (atomically, under the writer lock) with ``seed``'s line replaced or removed."""
+        with exclusive(self.root / WRITER_LOCK):
+            lines = [text for s, text in _metadata_lines(path) if s != seed]
+            lines += [line] if line is not None else []
+            _write_text(path, "".join(text + "\n" for text in lines))
 
     def _write_prompt(self, folder: Path, prompt: dict) -> None:
         if self._known_prompts.get(folder.name) == prompt:
             return
         path = folder / "prompt.json"
-        if path.is_file():
-            try:
-                existing = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                existing = None
-            if existing != prompt:
-                raise IP2PError(
-                    f"{path} already holds another prompt ({existing!r}, not {prompt!r}). Each prompt needs its own "
-                    f"index; to rewrite this dataset, write into an empty folder."
-                )
-        else:
-            _write_text(path, json.dumps(prompt, ensure_ascii=False, indent=1) + "\n")
+        with exclusive(self.root / WRITER_LOCK):  # check and write as one step: the first prompt owns the folder
+            if path.is_file():
+                try:
+                    existing = json.loads(path.read_text(encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    existing = None
+                if existing != prompt:
+                    raise IP2PError(
+                        f"{path} already holds another prompt ({existing!r}, not {prompt!r}). Each prompt needs its "
+                        f"own index; to rewrite this dataset, write into an empty folder."
+                    )
+            else:
+                _write_text(path, json.dumps(prompt, ensure_ascii=False, indent=1) + "\n")
         self._known_prompts[folder.name] = prompt
 
     def finish(self) -> list[list]:
         """Write ``seeds.json`` listing every finished pair under ``root``; return its entries."""
-        entries: list[list] = []
-        if self.root.is_dir():
-            with os.scandir(self.root) as found:
-                folders = sorted(e.name for e in found if e.is_dir() and not e.name.startswith("."))
-            for name in folders:
-                folder = self.root / name
-                if not (folder / "prompt.json").is_file():
-                    continue
-                names = set(os.listdir(folder))
-                seeds = sorted(
-                    {
-                        seed
-                        for seed, _ in _metadata_lines(folder / "metadata.jsonl")
-                        if seed is not None
-                        and all(any(f"{seed}_{side}{ext}" in names for ext in PAIR_EXTENSIONS) for side in (0, 1))
-                    }
-                )
-                if seeds:
-                    entries.append([name, seeds])
-        _write_text(self.root / "seeds.json", json.dumps(entries) + "\n")
+        with exclusive(self.root / SEEDS_LOCK):  # one scan-and-write at a time: the last one sees every pair
+            entries = _finished_pairs(self.root)
+            _write_text(self.root / "seeds.json", json.dumps(entries) + "\n")
         return entries
+
+
+def _finished_pairs(root: Path) -> list[list]:
+    """``[[folder, [seed, ...]], ...]``: the pairs with a ``metadata.jsonl`` line and both images."""
+    entries: list[list] = []
+    with os.scandir(root) as found:
+        folders = sorted(e.name for e in found if e.is_dir() and not e.name.startswith("."))
+    for name in folders:
+        folder = root / name
+        if not (folder / "prompt.json").is_file():
+            continue
+        names = set(os.listdir(folder))
+        seeds = sorted(
+            {
+                seed
+                for seed, _ in _metadata_lines(folder / "metadata.jsonl")
+                if seed is not None
+                and all(any(f"{seed}_{side}{ext}" in names for ext in PAIR_EXTENSIONS) for side in (0, 1))
+            }
+        )
+        if seeds:
+            entries.append([name, seeds])
+    return entries

@@ -11,6 +11,10 @@ instruction from one of :data:`FAMILIES`; and the edited image rendered as the *
 - ``remove``      "remove the star"                the background shows through
 - ``add``         "add a red circle"               a new shape where there was background
 
+``add`` is drawn only on request (``families``): its instruction does not say where the new shape
+goes, so its true edit is one of many right answers and pixel distances to it measure luck, not
+skill. The other four are :data:`DEFAULT_FAMILIES`, what the toy model learns and is scored on.
+
 Rules that keep every instruction satisfiable and unambiguous: a shape is named by its kind
 alone, so an instruction only names a kind that occurs exactly once in the scene; a new colour is
 never one the scene already uses (neither a shape's nor the background's); shapes never overlap.
@@ -63,6 +67,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 FAMILIES: tuple[str, ...] = ("recolor", "background", "reshape", "remove", "add")
+# The families whose true edit the instruction determines (every one but ``add``): the default.
+DEFAULT_FAMILIES: tuple[str, ...] = ("recolor", "background", "reshape", "remove")
 
 _TEMPLATE_WORDS = ("a", "an", "add", "and", "background", "change", "into", "make", "on", "remove", "the", "turn")
 # Every word an instruction or caption may contain, sorted.
@@ -348,11 +354,11 @@ def check_families(families: Iterable[str]) -> tuple[str, ...]:
     return chosen
 
 
-def render_example(seed: int, size: int = DEFAULT_SIZE, families: Sequence[str] = FAMILIES) -> ToyExample:
+def render_example(seed: int, size: int = DEFAULT_SIZE, families: Sequence[str] = DEFAULT_FAMILIES) -> ToyExample:
     """The toy example of ``seed``: the same arguments always give the same example, pixel for pixel.
 
     The family is drawn uniformly from ``families`` (the order given matters for which seed gets
-    which family; the default is :data:`FAMILIES`).
+    which family; the default is :data:`DEFAULT_FAMILIES`).
     """
     check_size(size)
     families = check_families(families)
@@ -396,7 +402,7 @@ def write_toy_dataset(
     count: int,
     seed: int = 0,
     size: int = DEFAULT_SIZE,
-    families: Sequence[str] = FAMILIES,
+    families: Sequence[str] = DEFAULT_FAMILIES,
     progress: Callable[[int], object] | None = None,
 ) -> list[list]:
     """Write ``count`` toy pairs in the paper's layout at ``root`` (one prompt folder per pair).

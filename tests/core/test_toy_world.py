@@ -10,6 +10,7 @@ from PIL import Image
 
 from ip2p.datasets.paper import PaperLayoutWriter
 from ip2p.datasets.toy import (
+    DEFAULT_FAMILIES,
     FAMILIES,
     PALETTE,
     SHAPES,
@@ -82,8 +83,13 @@ def test_a_run_seed_range_is_checked():
 # --- the task ----------------------------------------------------------------------------------------------
 
 
-def test_every_family_occurs_over_200_seeds(examples):
-    assert {e.family for e in examples} == set(FAMILIES)
+def test_every_default_family_occurs_over_200_seeds(examples):
+    assert {e.family for e in examples} == set(DEFAULT_FAMILIES)
+
+
+def test_add_whose_place_the_instruction_leaves_open_is_drawn_only_on_request():
+    assert "add" in FAMILIES and "add" not in DEFAULT_FAMILIES
+    assert {render_example(s, families=FAMILIES).family for s in range(200)} == set(FAMILIES)
 
 
 def test_families_can_be_restricted():
