@@ -111,3 +111,21 @@ def ema_decay(decay: float, updates: int, warmup: bool = True) -> float:
     if not warmup:
         return decay
     return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting"): ``min(SNR, γ) / SNR`` for a noise target, ``/ (SNR + 1)`` for a velocity
+    target (whose MSE already weighs each step by SNR + 1 relative to the noise's)."""
+    if gamma <= 0:
+        raise ValueError(f"snr_gamma must be positive (the paper uses 5), got {gamma}")
+    alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1.0 - alpha_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1.0)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    raise ValueError(f"min-SNR weighting supports epsilon and v_prediction targets, not {prediction_type!r}")

@@ -67,6 +67,9 @@ class OptimConfig:
     max_grad_norm: float | None = 1.0
     # Linear learning-rate warm-up over this many optimizer steps, then constant (0: constant from the start).
     warmup_steps: int = 0
+    # Min-SNR-γ loss weighting (Hang et al. 2023): each sample's loss weighted by min(SNR, γ) over
+    # what its target weights naturally, so the easy low-noise steps stop dominating; null = plain MSE.
+    snr_gamma: float | None = None
 
 
 @dataclass
@@ -331,6 +334,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise IP2PError(f"optim.betas is {config.optim.betas}; give two numbers, e.g. [0.9, 0.999].")
     if config.optim.warmup_steps < 0:
         raise IP2PError(f"optim.warmup_steps is {config.optim.warmup_steps}; give 0 or more.")
+    if config.optim.snr_gamma is not None and not config.optim.snr_gamma > 0:
+        raise IP2PError(
+            f"optim.snr_gamma is {config.optim.snr_gamma}; give a positive γ (the paper: 5) or null for plain MSE."
+        )
     limit = config.checkpoints.total_limit
     if limit is not None and limit < 1:
         raise IP2PError(f"checkpoints.total_limit is {limit}; give 1 or more, or null to keep every checkpoint.")

@@ -5,7 +5,8 @@ VAE-encoded (posterior sample × scaling factor: the diffusion target's latent),
 its posterior mode, unscaled (SD 1.5 InstructPix2Pix's image-latent convention), the instruction by
 the frozen text encoder; each sample draws its dropout, timestep and noise from its own generator
 (:mod:`ip2p.training`); the UNet predicts the noise from ``[noisy latent, image latent]`` and the
-text, and the loss is the MSE to the true noise (or velocity, for a v-prediction schedule).
+text, and the loss is the MSE to the true noise (or velocity, for a v-prediction schedule),
+optionally min-SNR-γ weighted per sample (``optim.snr_gamma``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ip2p.errors import IP2PError
-from ip2p.training import apply_dropout, diffusion_draws, dropout_masks
+from ip2p.training import apply_dropout, diffusion_draws, dropout_masks, min_snr_weights
 
 from . import checkpoints as ckpt
 from .config import TrainConfig, differences, read_saved_config, to_yaml
@@ -245,7 +246,13 @@ class Trainer:
                 target = noise
         model_input = torch.cat([noisy, image_latents], dim=1)
         prediction = self.unet(model_input, timesteps, text, return_dict=False)[0]
-        return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+        if c.optim.snr_gamma is None:
+            return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = min_snr_weights(
+            self.noise_scheduler.alphas_cumprod, timesteps, c.optim.snr_gamma, self.prediction_type
+        )
+        return (per_sample * weights).mean()
 
     # ----------------------------------------------------------------------------------------- train
 

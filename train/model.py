@@ -40,11 +40,12 @@ def load_base(base: str | None, seed: int = 0) -> EditModel:
                 f"model.base={base}: no architecture named {name!r}; use one of "
                 f"{', '.join(CONFIG_PREFIX + s for s in SIZES)}, or a model path."
             )
-        model = build_random_model(name, in_channels=8, seed=seed)
-        if name == "toy":  # a random VAE cannot decode, and the trainer freezes it: the shipped toy VAE
-            from ip2p.headless.toy_model import shipped_vae
+        if name != "toy":
+            return build_random_model(name, in_channels=8, seed=seed)
+        from ip2p.headless.toy_model import random_toy_model, shipped_vae
 
-            model.vae = shipped_vae()
+        model = random_toy_model(seed)
+        model.vae = shipped_vae()  # a random VAE cannot decode, and the trainer freezes it
         return model
     from ip2p.headless.loading import load_edit_model
 

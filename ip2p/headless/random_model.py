@@ -17,6 +17,7 @@ import math
 import tempfile
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -166,3 +167,65 @@ def build_random_model(
         source=source,
         extra={"tokenizer_source": tokenizer_source},
     )
+
+
+# --- a CLIP model for the data engine's filter ------------------------------------------------------
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, as every CLIP preprocessor_config.json
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TINY_CLIP_VOCAB = 600
+TINY_CLIP_IMAGE = 32
+
+
+def clip_preprocessor_config(size: int = TINY_CLIP_IMAGE) -> dict:
+    """``preprocessor_config.json`` as CLIP folders ship it (shortest side, bicubic, centre crop)."""
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "resample": 3,  # bicubic
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    }
+
+
+def save_random_clip(folder, seed: int = 0):
+    """A tiny random-weight CLIPModel saved like a downloaded one (weights, config, tokenizer,
+    image processor) in ``folder``: what the CLIP filter loads, for tests and benchmarks."""
+    import transformers
+
+    folder = Path(folder)
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=TINY_CLIP_VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=TINY_CLIP_VOCAB - 2,  # the synthetic tokenizer's start and end tokens
+            eos_token_id=TINY_CLIP_VOCAB - 1,
+            pad_token_id=TINY_CLIP_VOCAB - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=TINY_CLIP_IMAGE,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformers.CLIPModel(config).save_pretrained(folder)
+    write_synthetic_clip_tokenizer(folder, TINY_CLIP_VOCAB)
+    (folder / "preprocessor_config.json").write_text(json.dumps(clip_preprocessor_config()), encoding="utf-8")
+    return folder

@@ -23,7 +23,7 @@ from ip2p.clip_filter import (
     select_samples,
 )
 from ip2p.errors import IP2PError
-from ip2p.formats.tokenizer import write_synthetic_clip_tokenizer
+from ip2p.headless.random_model import CLIP_MEAN, CLIP_STD, TINY_CLIP_IMAGE, clip_preprocessor_config, save_random_clip
 
 R2 = math.sqrt(2.0)
 
@@ -186,62 +186,19 @@ def test_rejections_are_counted_over_prompts():
 
 # -------------------------------------------------------------------------------- the model (tiny)
 
-IMAGE_SIZE = 32
-MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's, as in every CLIP preprocessor_config.json
-STD = [0.26862954, 0.26130258, 0.27577711]
-VOCAB = 600
+IMAGE_SIZE = TINY_CLIP_IMAGE
+MEAN, STD = list(CLIP_MEAN), list(CLIP_STD)
 
 
 def preprocessor_config(size: int = IMAGE_SIZE) -> dict:
-    """preprocessor_config.json as CLIP models ship it, written by hand (no torchvision needed)."""
-    return {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": size},
-        "resample": 3,  # bicubic
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": MEAN,
-        "image_std": STD,
-        "do_convert_rgb": True,
-    }
+    return clip_preprocessor_config(size)
 
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A random-weight CLIPModel saved like a downloaded one: weights, config, tokenizer, image processor."""
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    config = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=VOCAB - 2,  # the synthetic tokenizer's start and end tokens
-            eos_token_id=VOCAB - 1,
-            pad_token_id=VOCAB - 1,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).save_pretrained(folder)
-    write_synthetic_clip_tokenizer(folder, VOCAB)
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config()), encoding="utf-8")
-    return folder
+    pytest.importorskip("transformers")
+    return save_random_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module")

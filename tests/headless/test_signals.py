@@ -32,7 +32,8 @@ _save_file = safetensors.torch.save_file
 def save_file(tensors, filename, metadata=None):
     _save_file(tensors, filename, metadata=metadata)
     pathlib.Path(__file__).with_name("writing").write_text(str(filename))
-    time.sleep(120)  # the signal ends this
+    for _ in range(1200):  # the signal ends this; short sleeps, because the kernel may hand the signal to
+        time.sleep(0.1)  # another thread (torch's), and Python then acts on it at the main thread's next bytecode
 
 
 safetensors.torch.save_file = save_file
@@ -81,7 +82,8 @@ def test_sigterm_unwinds_any_command_with_exit_code_143(monkeypatch, tmp_path, c
 
     def handler(args):
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)  # the signal ends this at once
+        for _ in range(300):  # the signal ends this at once (short sleeps: it may reach another thread first)
+            time.sleep(0.1)
         reached.append("after the signal")
         return 0
 

@@ -72,6 +72,8 @@ def test_impossible_values_are_refused_with_the_key():
         load_config("sd15", ["mixed_precision=fp8"])
     with pytest.raises(IP2PError, match="exceeds 1"):
         load_config("sd15", ["dropout.text=0.6", "dropout.image=0.6"])
+    with pytest.raises(IP2PError, match="optim.snr_gamma"):
+        load_config("sd15", ["optim.snr_gamma=0"])
 
 
 def test_an_override_without_equals_sign_is_refused():

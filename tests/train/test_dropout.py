@@ -79,3 +79,34 @@ def test_ema_decay_warms_up_to_its_ceiling():
     assert ema_decay(0.9999, 1) == pytest.approx(2 / 11)
     assert ema_decay(0.9999, 10**7) == 0.9999
     assert ema_decay(0.9, 1, warmup=False) == 0.9
+
+
+# --- min-SNR-γ loss weighting ------------------------------------------------------------------------
+
+from ip2p.training import min_snr_weights  # noqa: E402
+
+
+def _alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2  # SD's scaled_linear schedule
+    return torch.cumprod(1 - betas, dim=0)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_clip_the_signal_to_noise_ratio_at_gamma(prediction):
+    alpha_bar = _alphas_cumprod()
+    timesteps = torch.tensor([0, 50, 200, 500, 999])
+    snr = alpha_bar[timesteps] / (1 - alpha_bar[timesteps])
+    weights = min_snr_weights(alpha_bar, timesteps, 5.0, prediction)
+    natural = snr if prediction == "epsilon" else snr + 1
+    assert torch.allclose(weights, torch.minimum(snr, torch.tensor(5.0)) / natural)
+    noisy = snr < 5  # below γ: a noise target keeps its full weight, a velocity target SNR/(SNR+1)
+    expected_noisy = torch.ones_like(snr) if prediction == "epsilon" else snr / (snr + 1)
+    assert torch.allclose(weights[noisy], expected_noisy[noisy]) and noisy.any() and (~noisy).any()
+    assert (weights[~noisy] < expected_noisy[~noisy]).all()  # the easy low-noise steps are turned down
+
+
+def test_min_snr_weights_refuse_a_non_positive_gamma_and_an_unknown_target():
+    with pytest.raises(ValueError, match="snr_gamma"):
+        min_snr_weights(_alphas_cumprod(), torch.tensor([1]), 0.0, "epsilon")
+    with pytest.raises(ValueError, match="sample"):
+        min_snr_weights(_alphas_cumprod(), torch.tensor([1]), 5.0, "sample")

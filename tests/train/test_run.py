@@ -6,6 +6,7 @@ Each run trains the tiny model at 16 px, batch 2, for a few steps (seconds on a 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,11 @@ def test_a_save_cut_short_by_a_full_disk_leaves_the_previous_checkpoint_and_expo
     monkeypatch.setattr(Accelerator, "save_state", real_save)
     assert main(["train", "toy", *tiny_overrides(paper_dataset, out), "--resume", "latest", "-q"]) == 0
     assert [step for step, _ in ckpt.complete_checkpoints(out)] == [2, 4]
+
+
+def test_min_snr_weighting_trains_and_changes_the_loss(paper_dataset, tiny_overrides, run_a, tmp_path):
+    out = tmp_path / "snr"
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, out, max_steps=2), "optim.snr_gamma=5", "-q"]) == 0
+    weighted, plain = _losses(out), _losses(run_a)
+    assert weighted.keys() == {1, 2} and all(math.isfinite(v) for v in weighted.values())
+    assert weighted[1] != pytest.approx(plain[1], rel=1e-3)  # same draws, other weights

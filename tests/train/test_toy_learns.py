@@ -2,9 +2,9 @@
 
 The run is bounded by steps, not time: the toy architecture from its config (random UNet and text
 encoder, the shipped pretrained VAE) trained by ``ip2p train toy`` on rendered toy pairs, then
-scored on 64 held-out examples (:mod:`ip2p.headless.toy_scores`). This shortened run (~3 min) is
+scored on 64 held-out examples (:mod:`ip2p.headless.toy_scores`). This shortened run (~5 min) is
 held to a weaker bar than the toy world's (at most half as far from the truth as either
-baseline), which the full recipe meets: ``scripts/test.sh learning`` (tests/learning).
+baseline), which the full recipe meets (3,000 steps, ~16 min: ``scripts/test.sh learning``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from ip2p.headless.loading import load_edit_model
 from ip2p.headless.toy_model import HELDOUT_RUN, TRAIN_RUN
 from ip2p.headless.toy_scores import score_toy_model
 
-STEPS = 400  # optimizer steps of batch 32
+STEPS = 800  # optimizer steps of batch 32
 EXAMPLES = 2000  # training pairs
 HELDOUT = 64  # scored examples
-# Measured at 400 steps (5,000 pairs): inside the mask 0.90 of the input baseline's distance and
-# 0.92 of the wrong instruction's; outside it 0.118 from the input (the untrained model: 0.31).
-RATIO_BOUND = 0.95
-OUTSIDE_BOUND = 0.15
+# Measured at 800 steps (5,000 pairs): inside the mask 0.75 of the input baseline's distance and
+# 0.80 of the wrong instruction's; outside it 0.098 from the input (the untrained model: 0.31).
+# At 400 steps: 0.89, 0.92 and 0.144 — too close to chance to tell a regression from noise.
+RATIO_BOUND = 0.85
+OUTSIDE_BOUND = 0.12
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,216 @@
+"""The paper's data engine, headless: prompt triples in, a filtered instruction-editing dataset out.
+
+For each (input caption, instruction, edited caption) triple, :func:`generate_dataset` samples
+``samples`` image pairs with Prompt-to-Prompt (:func:`~.p2p.generate_pairs`, ``batch`` seeds per
+UNet call), each pair with its own ``p ~ U(p2p_fraction)`` and ``cfg ~ U(cfg)``; scores them with
+CLIP (:mod:`ip2p.clip_filter`) and keeps the best ``keep`` that pass the thresholds; and writes them
+in the paper's layout (:class:`~ip2p.datasets.paper.PaperLayoutWriter`). Without a CLIP model
+nothing is filtered and every sample is kept (``keep`` must then equal ``samples``).
+
+Deterministic: a sample's seed, p and cfg come from the run seed, the triple's key and the
+sample's number alone, so a rerun, another batch size or another number of processes gives the
+same pairs. Resumable: a prompt counts as done when its folder holds :data:`DONE_FILE` (its kept
+pairs are written before it); a rerun skips done prompts and redoes the others whole, clearing
+what a crash left of them first, so a crash leaves neither duplicates nor holes. Sharded: process
+``rank`` of ``world`` takes the prompts whose index ≡ rank (mod world); ``accelerate launch``
+sets ``RANK`` / ``WORLD_SIZE``. Prompt folders are numbered by the triple's index in the prompt
+file, so every process writes its own folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..clip_filter import METADATA_KEYS, ClipScorer, ClipScores, FilterThresholds, select_samples
+from ..datasets.paper import PaperLayoutWriter
+from ..errors import IP2PError
+from ..formats.atomic import atomic_file
+from ..prompts import PromptTriple
+from .components import EditModel
+from .editor import MAX_SEED
+from .p2p import check_base_model, generate_pairs
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "done.json"  # in a prompt folder: the prompt is finished (its summary: tried, kept, rejected)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How pairs are sampled and kept; a (low, high) range is drawn uniformly per sample."""
+
+    samples: int = 100  # pairs sampled per prompt (the paper: 100)
+    keep: int = 4  # pairs kept per prompt, best by CLIP directional similarity (the paper: 4)
+    steps: int = 100  # sampling steps (the paper: 100, Euler ancestral)
+    size: int = 512  # image side in pixels
+    p2p_fraction: tuple[float, float] = (0.1, 0.9)  # p: the steps' share with shared self-attention
+    cfg: tuple[float, float] = (7.5, 15.0)  # classifier-free guidance scale
+    sampler: str = "euler_a"
+    batch: int = 4  # seeds per UNet call (× 2 captions × cond/uncond rows)
+    seed: int = 0  # the run seed: the same seed gives the same pairs
+    thresholds: FilterThresholds = field(default_factory=FilterThresholds)
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "keep", "steps", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise IP2PError(f"{name} must be a whole number of at least 1, got {value!r}.")
+        if self.keep > self.samples:
+            raise IP2PError(f"keep ({self.keep}) is more than samples ({self.samples}); keep at most what is sampled.")
+        for name in ("p2p_fraction", "cfg"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise IP2PError(f"{name} range ({low}, {high}) is reversed; give the low value first.")
+
+
+@dataclass
+class GenerateSummary:
+    """What a run did: prompts done (and skipped as done before), pairs tried and kept, rejections by threshold."""
+
+    prompts: int = 0
+    skipped: int = 0
+    tried: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{n} by {reason}" for reason, n in sorted(self.rejected.items()))
+        return (
+            f"{self.prompts} prompt(s) done ({self.skipped} already done before), {self.tried} pair(s) tried, "
+            f"{self.kept} kept" + (f", rejected: {reasons}" if reasons else "")
+        )
+
+
+def sample_plan(triple: PromptTriple, settings: GenerateSettings) -> list[dict]:
+    """Each sample's seed, p and cfg: from the run seed, the triple's key and the sample's number only."""
+    plan = []
+    for number in range(settings.samples):
+        digest = hashlib.sha256(f"{settings.seed}:{triple.key}:{number}".encode()).digest()
+        seed = int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
+        rng = random.Random(seed)
+        plan.append(
+            {
+                "seed": seed,
+                "p2p_threshold": rng.uniform(*settings.p2p_fraction),
+                "cfg_scale": rng.uniform(*settings.cfg),
+            }
+        )
+    return plan
+
+
+def is_done(out: Path, index: int) -> bool:
+    return (PaperLayoutWriter(out).folder(index) / DONE_FILE).is_file()
+
+
+def shard(count: int, rank: int, world: int) -> range:
+    """The prompt indices process ``rank`` of ``world`` takes."""
+    if not 0 <= rank < world:
+        raise IP2PError(f"Process rank {rank} is outside 0..{world - 1}: check RANK and WORLD_SIZE.")
+    return range(rank, count, world)
+
+
+def _images_to_uint8(images: torch.Tensor) -> list:
+    """(N, 3, H, W) in [0, 1] -> N uint8 H×W×3 arrays, as the writer takes them."""
+    return list((images.clamp(0, 1).permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy())
+
+
+def generate_prompt(
+    model: EditModel, triple: PromptTriple, settings: GenerateSettings, scorer: ClipScorer | None
+) -> tuple[list[tuple[dict, torch.Tensor]], int, Counter]:
+    """Sample one prompt's pairs in batches; return the kept ``(metadata, images (2,3,H,W))`` best
+    first, how many were tried, and the rejections by reason. Images are held only for the best
+    ``keep`` pairs that pass so far, so memory does not grow with ``samples``."""
+    plan = sample_plan(triple, settings)
+    scored: list[dict] = []  # every sample's metadata and CLIP scores, in sample order
+    candidates: dict[int, tuple[dict, torch.Tensor]] = {}  # sample number -> (record, images)
+    for start in range(0, len(plan), settings.batch):
+        chunk = plan[start : start + settings.batch]
+        pairs = generate_pairs(
+            model,
+            triple.input_caption,
+            triple.edited_caption,
+            [c["seed"] for c in chunk],
+            [c["p2p_threshold"] for c in chunk],
+            [c["cfg_scale"] for c in chunk],
+            settings.steps,
+            settings.size,
+            settings.sampler,
+            progress=False,
+        )
+        if scorer is None:
+            candidates.update(
+                {start + i: (meta, images) for i, (meta, images) in enumerate(zip(chunk, pairs.images, strict=True))}
+            )
+            continue
+        scores = scorer.score(pairs.images[:, 0], pairs.images[:, 1], triple.input_caption, triple.edited_caption)
+        for i, (meta, images, values) in enumerate(zip(chunk, pairs.images, scores.as_dicts(), strict=True)):
+            scored.append({**meta, **values})
+            candidates[start + i] = (scored[-1], images)
+        best = select_samples(_as_scores(scored), settings.thresholds).kept
+        candidates = {n: candidates[n] for n in best}
+    if scorer is None:
+        return [candidates[n] for n in sorted(candidates)], len(plan), Counter()
+    result = select_samples(_as_scores(scored), settings.thresholds)
+    return [candidates[n] for n in result.kept], len(plan), Counter(result.rejected.values())
+
+
+def _as_scores(records: Sequence[dict]) -> ClipScores:
+    return ClipScores(**{name: torch.tensor([r[key] for r in records]) for name, key in METADATA_KEYS.items()})
+
+
+def generate_dataset(
+    model: EditModel,
+    triples: Sequence[PromptTriple],
+    out: str | Path,
+    settings: GenerateSettings,
+    scorer: ClipScorer | None = None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> GenerateSummary:
+    """Generate this process's share of ``triples`` into ``out`` (see the module docstring)."""
+    if scorer is None and settings.keep != settings.samples:
+        raise IP2PError(
+            f"keep ({settings.keep}) is below samples ({settings.samples}) but no CLIP model is given to choose "
+            f"which pairs to keep: pass --clip MODEL, or keep as many as you sample."
+        )
+    check_base_model(model)
+    out = Path(out)
+    writer = PaperLayoutWriter(out, image_format="jpg")
+    summary = GenerateSummary()
+    for index in shard(len(triples), rank, world):
+        triple = triples[index]
+        if is_done(out, index):
+            summary.skipped += 1
+            if progress:
+                progress(1)
+            continue
+        kept, tried, rejected = generate_prompt(model, triple, settings, scorer)
+        if writer.folder(index).exists():  # cut short before: its pairs may differ from this run's (GPU noise)
+            shutil.rmtree(writer.folder(index))
+        for record, images in kept:
+            image0, image1 = _images_to_uint8(images)
+            writer.add(index, triple.as_prompt(), record["seed"], image0, image1, metadata=record)
+        writer.folder(index).mkdir(parents=True, exist_ok=True)  # a prompt may keep no pair at all
+        done = {"tried": tried, "kept": len(kept), "rejected": dict(rejected), "key": triple.key}
+        with atomic_file(writer.folder(index) / DONE_FILE) as tmp:  # last: the prompt is finished
+            tmp.write_text(json.dumps(done) + "\n", encoding="utf-8")
+        summary.prompts += 1
+        summary.tried += tried
+        summary.kept += len(kept)
+        summary.rejected += rejected
+        if progress:
+            progress(1)
+    writer.finish()
+    return summary

@@ -1,0 +1,233 @@
+"""`ip2p generate` and its core (ip2p.headless.generate): prompt triples to a filtered dataset in the
+paper's layout, deterministic, sharded and resumable. Tiny random SD base and tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ip2p.cli.main import main
+from ip2p.clip_filter import ClipScorer, FilterThresholds
+from ip2p.datasets.reader import open_dataset
+from ip2p.errors import IP2PError
+from ip2p.headless.export import save_diffusers
+from ip2p.headless.generate import DONE_FILE, GenerateSettings, generate_dataset, sample_plan
+from ip2p.headless.random_model import save_random_clip
+from ip2p.prompts import PromptTriple, write_prompts
+
+TRIPLES = [
+    PromptTriple("a photo of a cat", "make it a dog", "a photo of a dog"),
+    PromptTriple("a red house", "make it winter", "a red house in winter"),
+    PromptTriple("a boat on a lake", "turn it into a painting", "a painting of a boat on a lake"),
+]
+ANY_SCORE = FilterThresholds(sim_0=-1, sim_1=-1, sim_dir=-1, sim_image=-1, keep=2)  # random CLIP: rank only
+
+
+def settings(**changes) -> GenerateSettings:
+    values = dict(samples=3, keep=2, steps=2, size=64, batch=2, thresholds=ANY_SCORE)
+    return GenerateSettings(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    return ClipScorer.from_folder(save_random_clip(tmp_path_factory.mktemp("clip")), device="cpu", dtype="float32")
+
+
+def pairs_on_disk(root) -> dict:
+    """{(folder, seed): (instruction, image-0 bytes, image-1 bytes, metadata line)} of a paper-layout dataset."""
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        prompt = json.loads((folder / "prompt.json").read_text()) if (folder / "prompt.json").exists() else {}
+        for line in (
+            (folder / "metadata.jsonl").read_text().splitlines() if (folder / "metadata.jsonl").exists() else []
+        ):
+            meta = json.loads(line)
+            seed = meta["seed"]
+            found[(folder.name, seed)] = (
+                prompt["edit"],
+                (folder / f"{seed}_0.jpg").read_bytes(),
+                (folder / f"{seed}_1.jpg").read_bytes(),
+                meta,
+            )
+    return found
+
+
+def test_each_prompt_keeps_its_best_pairs_by_directional_similarity_with_the_papers_metadata(
+    tiny_base_model, scorer, tmp_path
+):
+    summary = generate_dataset(tiny_base_model, TRIPLES, tmp_path, settings(), scorer)
+    assert (summary.prompts, summary.tried, summary.kept) == (3, 9, 6)
+    assert summary.rejected == {"rank": 3}
+    found = pairs_on_disk(tmp_path)
+    assert len(found) == 6
+    for (folder, _), (instruction, _, _, meta) in found.items():
+        assert instruction == TRIPLES[int(folder)].instruction
+        assert set(meta) >= {
+            "seed",
+            "p2p_threshold",
+            "cfg_scale",
+            "clip_sim_0",
+            "clip_sim_1",
+            "clip_sim_dir",
+            "clip_sim_image",
+        }
+        assert 0.1 <= meta["p2p_threshold"] <= 0.9 and 7.5 <= meta["cfg_scale"] <= 15
+    for index in range(3):  # the kept pairs are the best two of three by sim_dir
+        done = json.loads((tmp_path / f"{index:07d}" / DONE_FILE).read_text())
+        assert done["tried"] == 3 and done["kept"] == 2
+    dataset = open_dataset(tmp_path)
+    assert len(dataset) == 6 and {e.instruction for e in dataset} == {t.instruction for t in TRIPLES}
+
+
+def test_thresholds_reject_and_count_by_reason(tiny_base_model, scorer, tmp_path):
+    impossible = FilterThresholds(
+        sim_0=-1, sim_1=-1, sim_dir=-1, sim_image=1.0, keep=2
+    )  # never reached by two different images
+    summary = generate_dataset(tiny_base_model, TRIPLES[:1], tmp_path, settings(thresholds=impossible), scorer)
+    assert (summary.kept, summary.rejected) == (0, {"clip_sim_image": 3})
+    assert (tmp_path / "0000000" / DONE_FILE).is_file()  # a prompt that kept nothing is still done
+    assert pairs_on_disk(tmp_path) == {}
+
+
+def test_a_samples_seed_p_and_cfg_depend_on_the_run_seed_and_the_prompt_not_on_batching_or_processes(
+    tiny_base_model, scorer, tmp_path
+):
+    assert sample_plan(TRIPLES[0], settings()) == sample_plan(TRIPLES[0], settings(batch=1))
+    assert sample_plan(TRIPLES[0], settings()) != sample_plan(TRIPLES[0], settings(seed=1))
+    assert sample_plan(TRIPLES[0], settings()) != sample_plan(TRIPLES[1], settings())
+    alone = tmp_path / "alone"
+    generate_dataset(tiny_base_model, TRIPLES, alone, settings(batch=3), scorer)
+    sharded = tmp_path / "sharded"
+    first = generate_dataset(tiny_base_model, TRIPLES, sharded, settings(batch=1), scorer, rank=0, world=2)
+    second = generate_dataset(tiny_base_model, TRIPLES, sharded, settings(batch=1), scorer, rank=1, world=2)
+    assert (first.prompts, second.prompts) == (2, 1)  # prompts 0 and 2, then prompt 1
+    a, b = pairs_on_disk(alone), pairs_on_disk(sharded)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key][0] == b[key][0] and a[key][3]["seed"] == b[key][3]["seed"]
+        assert a[key][3]["clip_sim_dir"] == pytest.approx(b[key][3]["clip_sim_dir"], abs=1e-4)
+    assert json.loads((sharded / "seeds.json").read_text()) == json.loads((alone / "seeds.json").read_text())
+
+
+def test_without_clip_every_sample_is_kept_and_keeping_fewer_is_refused(tiny_base_model, tmp_path):
+    summary = generate_dataset(tiny_base_model, TRIPLES[:1], tmp_path, settings(keep=3))
+    assert (summary.kept, summary.rejected) == (3, {})
+    assert all("clip_sim_dir" not in v[3] for v in pairs_on_disk(tmp_path).values())
+    with pytest.raises(IP2PError, match="--clip"):
+        generate_dataset(tiny_base_model, TRIPLES[:1], tmp_path / "other", settings(keep=2))
+
+
+def test_a_rerun_skips_done_prompts_and_redoes_an_unfinished_one_without_duplicates(tiny_base_model, scorer, tmp_path):
+    generate_dataset(tiny_base_model, TRIPLES, tmp_path / "whole", settings(), scorer)
+    out = tmp_path / "resumed"
+    generate_dataset(tiny_base_model, TRIPLES[:2], out, settings(), scorer)
+    (out / "0000001" / DONE_FILE).unlink()  # prompt 1 cut short after its pairs were written …
+    (out / "0000001" / "7_0.jpg").write_bytes(b"half")  # … and after starting a pair the rerun will not keep
+    summary = generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer)
+    assert (summary.skipped, summary.prompts) == (1, 2)
+    whole, resumed = pairs_on_disk(tmp_path / "whole"), pairs_on_disk(out)
+    assert whole.keys() == resumed.keys()
+    assert not (out / "0000001" / "7_0.jpg").exists()
+
+
+def test_bad_settings_are_refused_before_anything_runs():
+    with pytest.raises(IP2PError, match="keep"):
+        GenerateSettings(samples=2, keep=3)
+    with pytest.raises(IP2PError, match="reversed"):
+        GenerateSettings(cfg=(15.0, 7.5))
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def ip2p(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "ip2p.cli.main", *map(str, args)], capture_output=True, text=True, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_base_model, tmp_path_factory):
+    return save_diffusers(tiny_base_model, tmp_path_factory.mktemp("base") / "model")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_random_clip(tmp_path_factory.mktemp("clip-cli"))
+
+
+def test_the_command_writes_a_dataset_the_trainer_reads_and_summarises_it(base_dir, clip_dir, tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", TRIPLES[:2])
+    args = ["generate", "--prompts", prompts, "--base", base_dir, "--out", tmp_path / "data", "--clip", clip_dir]
+    args += ["--samples", 2, "--keep", 1, "--steps", 2, "--size", 64, "--min-sim=-1,-1", "--min-sim-dir=-1"]
+    args += ["--min-sim-image=-1", "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0
+    said = capsys.readouterr().err
+    assert "2 prompt(s) done" in said and "2 kept" in said and "rejected: 2 by rank" in said
+    assert len(open_dataset(tmp_path / "data")) == 2
+
+
+def test_the_command_refuses_keep_below_samples_without_clip_and_an_edit_model_as_base(
+    base_dir, tiny_diffusers_dir, tmp_path, capsys
+):
+    prompts = str(write_prompts(tmp_path / "prompts.jsonl", TRIPLES[:1]))
+    assert (
+        main(
+            ["generate", "--prompts", prompts, "--base", str(base_dir), "--out", str(tmp_path / "a"), "--samples", "8"]
+        )
+        == 2
+    )
+    assert "--clip" in capsys.readouterr().err
+    args = ["--samples", "1", "--keep", "1", "--steps", "1", "--size", "64"]
+    assert (
+        main(["generate", "--prompts", prompts, "--base", str(tiny_diffusers_dir), "--out", str(tmp_path / "b"), *args])
+        == 2
+    )
+    assert "needs a base" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_kill_9_during_generation_leaves_no_partial_pair_and_a_rerun_completes_the_set(base_dir, tmp_path):
+    triples = [
+        PromptTriple(f"a photo of a cat number {i}", "make it a dog", f"a photo of a dog number {i}") for i in range(12)
+    ]
+    prompts = write_prompts(tmp_path / "prompts.jsonl", triples)
+    args = ["generate", "--prompts", prompts, "--base", base_dir, "--samples", 2, "--keep", 2, "--steps", 2]
+    args += ["--size", 64, "--device", "cpu", "-q"]
+    whole = ip2p(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "ip2p.cli.main", *map(str, args), "--out", str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "0000002" / DONE_FILE).exists():
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "0000011" / DONE_FILE).exists(), "killed too late to test anything: more prompts needed"
+    # Nothing half-written is visible: every finished pair has both images (a hidden temp file may remain).
+    finished = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json,sys; from ip2p.datasets.paper import _finished_pairs; from pathlib import Path; print(json.dumps(_finished_pairs(Path(sys.argv[1]))))",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    listed = sum(len(seeds) for _, seeds in finished)
+    assert listed == len(pairs_on_disk(out))
+    rerun = ip2p(*args, "--out", out)
+    assert rerun.returncode == 0, rerun.stderr
+    a, b = pairs_on_disk(tmp_path / "whole"), pairs_on_disk(out)
+    assert a.keys() == b.keys()
+    assert all(a[k][1] == b[k][1] and a[k][2] == b[k][2] for k in a)  # the same pixels: the same seeds
