@@ -92,7 +92,7 @@ def _process() -> tuple[int, int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..clip_filter import FilterThresholds
-    from ..headless.generate import GenerateSettings, generate_dataset
+    from ..headless.generate import GenerateSettings, check_keep, generate_dataset
     from ..prompts import read_prompts
 
     thresholds = FilterThresholds(
@@ -114,11 +114,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         thresholds=thresholds,
     )
-    if args.clip is None and args.keep != args.samples:
-        raise IP2PError(
-            f"--keep {args.keep} is below --samples {args.samples}, but without --clip nothing chooses which pairs to "
-            f"keep: pass --clip MODEL_FOLDER, or set --keep {args.samples}."
-        )
+    check_keep(settings, filtered=args.clip is not None)  # before any model loads
     rank, world, local_rank = _process()
     prompts = read_prompts(args.prompts)
     if args.clip is not None:

@@ -35,6 +35,7 @@ from ..clip_filter import METADATA_KEYS, ClipScorer, ClipScores, FilterThreshold
 from ..datasets.paper import PaperLayoutWriter
 from ..errors import IP2PError
 from ..formats.atomic import atomic_file
+from ..images import to_uint8
 from ..prompts import PromptTriple
 from .components import EditModel
 from .editor import MAX_SEED
@@ -108,8 +109,13 @@ def sample_plan(triple: PromptTriple, settings: GenerateSettings) -> list[dict]:
     return plan
 
 
-def is_done(out: Path, index: int) -> bool:
-    return (PaperLayoutWriter(out).folder(index) / DONE_FILE).is_file()
+def check_keep(settings: GenerateSettings, filtered: bool) -> None:
+    """Without a CLIP filter nothing chooses which pairs to keep: ``keep`` must then be ``samples``."""
+    if not filtered and settings.keep != settings.samples:
+        raise IP2PError(
+            f"--keep {settings.keep} is below --samples {settings.samples}, but without --clip nothing chooses which "
+            f"pairs to keep: pass --clip MODEL_FOLDER, or set --keep {settings.samples}."
+        )
 
 
 def shard(count: int, rank: int, world: int) -> range:
@@ -117,11 +123,6 @@ def shard(count: int, rank: int, world: int) -> range:
     if not 0 <= rank < world:
         raise IP2PError(f"Process rank {rank} is outside 0..{world - 1}: check RANK and WORLD_SIZE.")
     return range(rank, count, world)
-
-
-def _images_to_uint8(images: torch.Tensor) -> list:
-    """(N, 3, H, W) in [0, 1] -> N uint8 H×W×3 arrays, as the writer takes them."""
-    return list((images.clamp(0, 1).permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy())
 
 
 def generate_prompt(
@@ -180,18 +181,14 @@ def generate_dataset(
     progress: Callable[[int], None] | None = None,
 ) -> GenerateSummary:
     """Generate this process's share of ``triples`` into ``out`` (see the module docstring)."""
-    if scorer is None and settings.keep != settings.samples:
-        raise IP2PError(
-            f"keep ({settings.keep}) is below samples ({settings.samples}) but no CLIP model is given to choose "
-            f"which pairs to keep: pass --clip MODEL, or keep as many as you sample."
-        )
+    check_keep(settings, filtered=scorer is not None)
     check_base_model(model)
     out = Path(out)
     writer = PaperLayoutWriter(out, image_format="jpg")
     summary = GenerateSummary()
     for index in shard(len(triples), rank, world):
         triple = triples[index]
-        if is_done(out, index):
+        if (writer.folder(index) / DONE_FILE).is_file():
             summary.skipped += 1
             if progress:
                 progress(1)
@@ -200,7 +197,7 @@ def generate_dataset(
         if writer.folder(index).exists():  # cut short before: its pairs may differ from this run's (GPU noise)
             shutil.rmtree(writer.folder(index))
         for record, images in kept:
-            image0, image1 = _images_to_uint8(images)
+            image0, image1 = (to_uint8(image) for image in images)
             writer.add(index, triple.as_prompt(), record["seed"], image0, image1, metadata=record)
         writer.folder(index).mkdir(parents=True, exist_ok=True)  # a prompt may keep no pair at all
         done = {"tried": tried, "kept": len(kept), "rejected": dict(rejected), "key": triple.key}

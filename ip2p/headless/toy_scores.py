@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..datasets.toy import ToyExample, render_example
-from ..images import to_rgb_array
+from ..images import to_rgb_array, to_uint8
 from .components import EditModel
 
 
@@ -101,7 +101,7 @@ def edit_examples(
         pixels = torch.stack([torch.from_numpy(to_rgb_array(e.input_image)).permute(2, 0, 1) for e in chunk])
         texts = list(instructions[start : start + EDIT_BATCH])
         edited = edit(model, pixels, settings, instructions=texts, progress=False)
-        results += list((edited.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8))
+        results += [to_uint8(image) for image in edited]
     return results
 
 
