@@ -56,6 +56,11 @@ class ClipScores:
     def __len__(self) -> int:
         return self.sim_0.shape[0]
 
+    def select(self, rows: Sequence[int]) -> ClipScores:
+        """The scores of ``rows`` only, in that order (e.g. one prompt's samples of a mixed batch)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        return ClipScores(**{name: getattr(self, name).index_select(0, index) for name in METADATA_KEYS})
+
     def as_dicts(self) -> list[dict[str, float]]:
         """One ``{"clip_sim_0": ..., ...}`` dict per sample: the paper's metadata.jsonl fields."""
         columns = {key: getattr(self, name).tolist() for name, key in METADATA_KEYS.items()}

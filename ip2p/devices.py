@@ -13,6 +13,7 @@ from .errors import IP2PError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 RUNNABLE_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range for non-negative seeds
 
 
 def _available(kind: str) -> bool:

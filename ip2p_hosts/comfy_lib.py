@@ -37,7 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]  # the repository (this package is installed editable)
 PACKAGE_NAME = "comfyui_ip2p"  # the name ComfyUI gives the repository folder, as a Python package
 LIBRARY_FILES = ("comfy/sd.py", "comfy/sd1_clip_config.json", "comfy/sd1_tokenizer/vocab.json")
-MODEL_FOLDERS = ("checkpoints", "diffusers", "embeddings")
+MODEL_FOLDERS = (
+    "checkpoints",
+    "diffusers",
+    "embeddings",
+    "ip2p_clip",
+)  # ip2p_clip: what the pack registers on a server
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 

@@ -4,11 +4,15 @@
 users' workflows: never rename one.
 """
 
+from . import host
+from .clip import CLIP_FOLDER, IP2PCLIPFilter, IP2PCLIPLoader
 from .conditioning import IP2PConditioning
 from .guider import IP2PDualCFGGuider
 from .loaders import IP2PCheckpointLoader, IP2PDiffusersLoader
+from .pairs import IP2PPairGenerator, IP2PPromptSource
 from .sampler import IP2PKSampler
 from .sweep import IP2PGuidanceSweep
+from .tradeoff import IP2PTradeoffPlot
 
 NODES = (
     IP2PCheckpointLoader,
@@ -17,7 +21,14 @@ NODES = (
     IP2PConditioning,
     IP2PDualCFGGuider,
     IP2PGuidanceSweep,
+    IP2PPromptSource,
+    IP2PPairGenerator,
+    IP2PCLIPLoader,
+    IP2PCLIPFilter,
+    IP2PTradeoffPlot,
 )
+
+host.register_model_folder(CLIP_FOLDER)
 
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in NODES}

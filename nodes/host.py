@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import Callable, Iterator
 
 import comfy.model_management
@@ -131,33 +132,61 @@ def full_path(folder: str, name: str) -> str:
     return path
 
 
-def diffusers_folders() -> list[str]:
-    """Model folders (holding model_index.json) under ComfyUI's 'diffusers' paths."""
-    import os
-
-    found = []
+def register_model_folder(name: str) -> None:
+    """Register ``models/<name>`` with ComfyUI (on a server; extra_model_paths.yaml may add more paths)."""
     try:
-        roots = folder_paths().get_folder_paths("diffusers")
+        registry = folder_paths()
+    except IP2PError:
+        return
+    models_dir = getattr(registry, "models_dir", None)
+    if models_dir is not None:
+        registry.add_model_folder_path(name, os.path.join(models_dir, name), is_default=True)
+
+
+def _folder_roots(folder: str) -> list[str]:
+    try:
+        return folder_paths().get_folder_paths(folder)
     except (IP2PError, KeyError):
         return []
-    for root in roots:
+
+
+def model_folders(folder: str, marker: str) -> list[str]:
+    """Model folders (each holding ``marker``) under ComfyUI's ``folder`` paths, relative to their root."""
+    found = []
+    for root in _folder_roots(folder):
         if not os.path.isdir(root):
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if "model_index.json" in filenames:
+            if marker in filenames:
                 found.append(os.path.relpath(dirpath, root))
                 dirnames.clear()
     return sorted(found)
 
 
-def diffusers_folder_path(name: str) -> str:
-    import os
-
-    for root in folder_paths().get_folder_paths("diffusers"):
+def model_folder_path(folder: str, name: str, marker: str) -> str:
+    for root in _folder_roots(folder):
         path = os.path.join(root, name)
-        if os.path.isfile(os.path.join(path, "model_index.json")):
+        if os.path.isfile(os.path.join(path, marker)):
             return path
-    raise IP2PError(f"No diffusers model folder '{name}' under ComfyUI's 'diffusers' paths. Put it there and refresh.")
+    raise IP2PError(f"No model folder '{name}' under ComfyUI's '{folder}' paths. Put it there and refresh.")
+
+
+def diffusers_folders() -> list[str]:
+    """Diffusers model folders (holding model_index.json) under ComfyUI's 'diffusers' paths."""
+    return model_folders("diffusers", "model_index.json")
+
+
+def diffusers_folder_path(name: str) -> str:
+    return model_folder_path("diffusers", name, "model_index.json")
+
+
+def input_directory() -> str | None:
+    """ComfyUI's input folder, where relative file names of the dataset nodes point (None off a server)."""
+    try:
+        getter = getattr(folder_paths(), "get_input_directory", None)
+    except IP2PError:
+        return None
+    return getter() if getter else None
 
 
 def embedding_directory():

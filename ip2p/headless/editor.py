@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import guidance, sizing
+from ..devices import MAX_SEED
 from ..errors import IP2PError
 from ..guidance import Branch, Guidance
 from ..model_family import require_edit_model
@@ -29,7 +30,6 @@ from .components import EditModel
 
 logger = logging.getLogger(__name__)
 
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range for non-negative seeds
 
 
 @dataclass
@@ -288,7 +288,7 @@ def edit(
 
     shape = (batch, model.vae.config.latent_channels, working.shape[-2] // factor, working.shape[-1] // factor)
     latents = _start_latents(model, shape, noise, generators, dtype, device)
-    latents = latents * _start_sigma_scale(scheduler, sigmas)
+    latents = latents * start_sigma_scale(scheduler, sigmas)
 
     guide = settings.guidance()
     branches = guide.branches
@@ -314,7 +314,7 @@ def edit(
     return sizing.restore(edited, (width, height), settings.resize)
 
 
-def _start_sigma_scale(scheduler, sigmas: torch.Tensor | None):
+def start_sigma_scale(scheduler, sigmas: torch.Tensor | None):
     """How much the unscaled N(0, 1) starting latent is multiplied by."""
     if sigmas is None:
         return scheduler.init_noise_sigma  # the pipeline's convention

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import p2p, sizing
+from ..devices import MAX_SEED
 from ..errors import IP2PError
 from ..guidance import check_scale
 from ..p2p import CROSS, SELF, Controller, LayerInfo, OriginalP2P, PaperP2P, RowRoles
 from . import schedulers
 from .components import EditModel
-from .editor import MAX_SEED, check_finite_result, decode_latents, encode_text
+from .editor import check_finite_result, decode_latents, encode_text, start_sigma_scale
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ def generate_pairs(
     scheduler: str = "normal",
     negative: str = "",
     controller: Controller | None = None,
+    sigmas: torch.Tensor | None = None,
     progress: bool = True,
 ) -> PairBatch:
     """Sample one image pair per seed (input caption, edited caption) with Prompt-to-Prompt.
@@ -268,7 +270,9 @@ def generate_pairs(
     is prompt 0's while the step fraction (:func:`ip2p.p2p.step_fraction`) is below it. ``cfgs``: the
     classifier-free guidance scale of each pair. ``controller`` replaces the paper's (e.g.
     :func:`original_controller`); ``p2p_fractions`` is then only recorded, and may be None.
-    ``model`` must be a base (4-channel) model: an InstructPix2Pix UNet is refused.
+    ``model`` must be a base (4-channel) model: an InstructPix2Pix UNet is refused. ``sigmas``
+    (``steps`` + 1 values, ComfyUI's conventions) replaces the scheduler's schedule, so the ComfyUI
+    node can be compared on the same schedule (euler, euler_ancestral, ddim).
     """
     check_base_model(model)
     for name, text in (("input_caption", input_caption), ("edited_caption", edited_caption), ("negative", negative)):
@@ -295,8 +299,14 @@ def generate_pairs(
 
     unet = model.unet
     device, dtype = unet.device, unet.dtype
-    noise_scheduler = make_pair_scheduler(model, sampler, scheduler, steps)
-    timesteps = noise_scheduler.timesteps
+    if sigmas is None:
+        noise_scheduler = make_pair_scheduler(model, sampler, scheduler, steps)
+        timesteps = noise_scheduler.timesteps
+    else:
+        if len(sigmas) != steps + 1:
+            raise IP2PError(f"sigmas has {len(sigmas)} values; a schedule of {steps} steps has {steps + 1}.")
+        noise_scheduler = schedulers.explicit_sigma_scheduler(model.scheduler_config, sampler, scheduler)
+        timesteps = schedulers.set_sigmas(noise_scheduler, sigmas, device=device)
 
     captions = encode_text(model, [input_caption, edited_caption]).to(device=device, dtype=dtype)
     no_text = encode_text(model, [negative]).to(device=device, dtype=dtype)
@@ -312,7 +322,8 @@ def generate_pairs(
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = (2 * pairs, model.vae.config.latent_channels, height // factor, width // factor)
-    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * noise_scheduler.init_noise_sigma
+    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+    latents = latents * start_sigma_scale(noise_scheduler, sigmas)
     accepted = inspect.signature(noise_scheduler.step).parameters
     step_kwargs = {"generator": generators, **({"eta": 0.0} if "eta" in accepted else {})}
 

@@ -83,17 +83,17 @@ def _one_model_at_a_time():
     _release_memory()
 
 
-def _build_random_sd15_ip2p():
+def _build_random_sd15(in_channels: int = 8):
     """Built straight in fp16 (the saved dtype): the peak memory stays near one fp32 UNet."""
     from ip2p.headless.random_model import build_random_model
 
-    return build_random_model(size="sd15", in_channels=8, seed=0, dtype=torch.float16)
+    return build_random_model(size="sd15", in_channels=in_channels, seed=0, dtype=torch.float16)
 
 
-def _build_and_save(save, path: Path, label: str) -> Path:
+def _build_and_save(save, path: Path, label: str, in_channels: int = 8) -> Path:
     """Build the random model, ``save(model, path)``, free it, and record the cost under ``label``."""
     start = time.perf_counter()
-    model = _build_random_sd15_ip2p()
+    model = _build_random_sd15(in_channels)
     save(model, path)
     del model
     _release_memory()
@@ -121,6 +121,15 @@ def sd15_ip2p_diffusers_dir(comfy_host) -> Path:
 
     path = comfy_host.folder("diffusers") / "sd15_ip2p_random"
     return _build_and_save(save_diffusers, path, "sd15_ip2p_diffusers_dir")
+
+
+@pytest.fixture(scope="session")
+def sd15_base_checkpoint(comfy_host) -> Path:
+    """A random SD 1.5 *base* (text-to-image, 4-channel) model as an fp16 single file: what pairs are made with."""
+    from ip2p.headless.export import save_single_file
+
+    path = comfy_host.folder("checkpoints") / "sd15_base_random.safetensors"
+    return _build_and_save(save_single_file, path, "sd15_base_checkpoint", in_channels=4)
 
 
 # --- the cost of this suite, for the terminal summary ---

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 SNAPSHOT = Path(__file__).with_name("node_snapshot.json")
-MODEL_LISTS = {("IP2PCheckpointLoader", "ckpt_name"), ("IP2PDiffusersLoader", "model_path")}
+MODEL_LISTS = {("IP2PCheckpointLoader", "ckpt_name"), ("IP2PDiffusersLoader", "model_path"), ("IP2PCLIPLoader", "clip_model")}
 OPTIONAL_ATTRIBUTES = ("RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_NODE", "OUTPUT_IS_LIST", "INPUT_IS_LIST")
 
 
