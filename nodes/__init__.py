@@ -7,6 +7,7 @@ users' workflows: never rename one.
 from . import host
 from .clip import CLIP_FOLDER, IP2PCLIPFilter, IP2PCLIPLoader
 from .conditioning import IP2PConditioning
+from .dataset import IP2PDatasetWriter
 from .guider import IP2PDualCFGGuider
 from .loaders import IP2PCheckpointLoader, IP2PDiffusersLoader
 from .pairs import IP2PPairGenerator, IP2PPromptSource
@@ -25,6 +26,7 @@ NODES = (
     IP2PPairGenerator,
     IP2PCLIPLoader,
     IP2PCLIPFilter,
+    IP2PDatasetWriter,
     IP2PTradeoffPlot,
 )
 

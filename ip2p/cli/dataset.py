@@ -59,7 +59,7 @@ def _add_toy(subcommands: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _add_convert(subcommands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..datasets.convert import TARGETS
+    from ..datasets.outputs import LAYOUTS
 
     p = subcommands.add_parser(
         "convert",
@@ -75,7 +75,7 @@ def _add_convert(subcommands: argparse._SubParsersAction, common: argparse.Argum
     )
     p.add_argument("src", metavar="SRC", help="the dataset to read")
     p.add_argument("dst", metavar="DST", help="the folder to write (missing, empty, or an unfinished conversion)")
-    p.add_argument("--to", required=True, choices=TARGETS, help="the layout to write")
+    p.add_argument("--to", required=True, choices=LAYOUTS, help="the layout to write")
     p.add_argument(
         "--image-format",
         choices=("png", "jpg"),

@@ -1,8 +1,8 @@
 """``ip2p generate``: the paper's data engine at scale — prompt triples to a filtered dataset.
 
-Sharded over the processes of ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``:
-one process per GPU or node), resumable (done prompts are skipped, others redone whole). Settings
-are checked before any model loads.
+Written in the paper's layout or as Hugging Face parquet (``--format``). Sharded over the processes
+of ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``: one process per GPU or node),
+resumable (done prompts are skipped, others redone whole). Settings are checked before any model loads.
 """
 
 from __future__ import annotations
@@ -32,15 +32,17 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..datasets.outputs import LAYOUTS
+
     p = commands.add_parser(
         "generate",
         parents=[common],
         help="generate an instruction-editing dataset with Prompt-to-Prompt and a CLIP filter",
         description=(
             "For each (input caption, instruction, edited caption) triple, sample image pairs with a base Stable "
-            "Diffusion model and Prompt-to-Prompt, score them with CLIP and keep the best, in the paper's layout. "
-            "Several processes: `accelerate launch --num_processes N -m ip2p generate ...` (each takes "
-            "every N-th prompt). Rerun the same command to resume."
+            "Diffusion model and Prompt-to-Prompt, score them with CLIP and keep the best, in the paper's layout or "
+            "as Hugging Face parquet shards. Several processes: `accelerate launch --multi_gpu --num_processes N -m "
+            "ip2p generate ...` (each takes every N-th prompt). Rerun the same command to resume."
         ),
     )
     p.add_argument(
@@ -51,7 +53,19 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--base", required=True, help="a base (4-channel) Stable Diffusion model: single file or diffusers folder"
     )
-    p.add_argument("--out", required=True, help="the dataset folder (paper layout); an existing one is resumed")
+    p.add_argument("--out", required=True, help="the dataset folder; an existing one is resumed")
+    p.add_argument(
+        "--format",
+        choices=LAYOUTS,
+        default="paper",
+        help="paper: prompt folders of JPEG pairs (default); parquet: OUT/data/train/NNNNN.parquet shards",
+    )
+    p.add_argument(
+        "--shard-rows",
+        type=int,
+        default=1000,
+        help="parquet: rows per shard (default 1000); fewer lose less work to a kill -9, more make fewer files",
+    )
     p.add_argument("--samples", type=int, default=100, help="pairs sampled per prompt (default 100, as the paper)")
     p.add_argument("--keep", type=int, default=4, help="pairs kept per prompt, best CLIP directional similarity (4)")
     p.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")
@@ -115,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         thresholds=thresholds,
     )
     check_keep(settings, filtered=args.clip is not None)  # before any model loads
+    if args.shard_rows < 1:
+        raise IP2PError(f"--shard-rows must be 1 or more, got {args.shard_rows}.")
     rank, world, local_rank = _process()
     prompts = read_prompts(args.prompts)
     if args.clip is not None:
@@ -148,7 +164,16 @@ def run(args: argparse.Namespace) -> int:
         disable=args.quiet,
     ) as bar:
         summary = generate_dataset(
-            model, prompts.triples, args.out, settings, scorer, rank=rank, world=world, progress=bar.update
+            model,
+            prompts.triples,
+            args.out,
+            settings,
+            scorer,
+            layout=args.format,
+            shard_rows=args.shard_rows,
+            rank=rank,
+            world=world,
+            progress=bar.update,
         )
     logger.info("%s%s: %s", args.out, f" (process {rank} of {world})" if world > 1 else "", summary.line())
     return 0

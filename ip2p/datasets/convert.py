@@ -25,13 +25,13 @@ from pathlib import Path
 
 from ..errors import IP2PError
 from .fields import Fields, example_fields
+from .outputs import LAYOUTS
 from .paper import EXTRA_NAME, FOLDER_DIGITS, PaperLayoutWriter
 from .parquet_writer import ParquetLayoutWriter
 from .rows import BadExampleError, EditDataset
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("paper", "parquet")
 CAPTION_FILL = ""  # what the paper layout's prompt.json gets for a caption the source lacks
 
 
@@ -49,8 +49,8 @@ class ConvertReport:
 
 def check_destination(dst: Path, to: str, source: Path) -> None:
     """Refuse a destination that overlaps the source or holds anything but this layout's own output."""
-    if to not in TARGETS:
-        raise IP2PError(f"Unknown target layout {to!r}; choose one of {', '.join(TARGETS)}.")
+    if to not in LAYOUTS:
+        raise IP2PError(f"Unknown target layout {to!r}; choose one of {', '.join(LAYOUTS)}.")
     src, out = source.resolve(), dst.resolve()
     if out == src or src in out.parents or out in src.parents:
         raise IP2PError(f"The destination {dst} overlaps the source {source}. Choose a folder outside it.")

@@ -30,6 +30,7 @@ dataset, write into :func:`~ip2p.formats.atomic.atomic_dir`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -93,22 +94,31 @@ def _save(image: Image.Image, path: Path, pil_format: str) -> None:
             image.save(tmp, format=pil_format)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all, a failure (a full disk) said as :func:`cannot_write` says it."""
     with _writing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
+def cannot_write(path: Path, exc: OSError) -> IP2PError:
+    """A failed write as a user error: a full disk named as such, with the fix (free space, rerun to resume)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = f"the disk is full ({reason})"
+    return IP2PError(
+        f"Cannot write {path}: {reason}. Free disk space (or choose another folder) and run again: it resumes, "
+        f"keeping what was finished."
+    )
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[Path]:
-    """:func:`atomic_file`, with a failed write (a full disk) reported as a user error naming ``path``."""
+    """:func:`atomic_file`, with a failed write (a full disk) reported by :func:`cannot_write`."""
     try:
         with atomic_file(path) as tmp:
             yield tmp
     except OSError as exc:
-        raise IP2PError(
-            f"Cannot write {path}: {exc.strerror or exc}. Free disk space (or choose another folder) and run "
-            f"again: the pairs already finished are kept and skipped."
-        ) from exc
+        raise cannot_write(path, exc) from exc
 
 
 def _metadata_lines(path: Path) -> list[tuple[int | None, str]]:
@@ -199,7 +209,7 @@ class PaperLayoutWriter:
         with exclusive(self.root / WRITER_LOCK):
             lines = [text for s, text in _metadata_lines(path) if s != seed]
             lines += [line] if line is not None else []
-            _write_text(path, "".join(text + "\n" for text in lines))
+            write_text_file(path, "".join(text + "\n" for text in lines))
 
     def _write_prompt(self, folder: Path, prompt: dict) -> None:
         if self._known_prompts.get(folder.name) == prompt:
@@ -217,14 +227,14 @@ class PaperLayoutWriter:
                         f"own index; to rewrite this dataset, write into an empty folder."
                     )
             else:
-                _write_text(path, json.dumps(prompt, ensure_ascii=False, indent=1) + "\n")
+                write_text_file(path, json.dumps(prompt, ensure_ascii=False, indent=1) + "\n")
         self._known_prompts[folder.name] = prompt
 
     def finish(self) -> list[list]:
         """Write ``seeds.json`` listing every finished pair under ``root``; return its entries."""
         with exclusive(self.root / SEEDS_LOCK):  # one scan-and-write at a time: the last one sees every pair
             entries = _finished_pairs(self.root)
-            _write_text(self.root / "seeds.json", json.dumps(entries) + "\n")
+            write_text_file(self.root / "seeds.json", json.dumps(entries) + "\n")
         return entries
 
 

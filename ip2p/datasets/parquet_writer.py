@@ -13,7 +13,7 @@ read it. Columns, one fixed schema for every shard:
   ``path`` null), declared in the schema's ``huggingface`` metadata so ``load_dataset`` decodes them;
 - ``input_caption``, ``output_caption``: the captions (null when unknown), named as the paper
   reader names them in ``extra``;
-- ``seed`` (int64) and ``p2p_threshold``, ``cfg_scale``, ``clip_sim_0``, ``clip_sim_1``,
+- ``seed`` (uint64: every seed torch takes, up to 2**64 - 1) and ``p2p_threshold``, ``cfg_scale``, ``clip_sim_0``, ``clip_sim_1``,
   ``clip_sim_dir``, ``clip_sim_image`` (float64): the paper's metadata, null when absent;
 - ``metadata_json``: every other metadata key as one JSON object (null when there is none);
 - ``example_key``: the caller's identity of the example, unique in the dataset.
@@ -25,6 +25,12 @@ what a rerun can skip and :meth:`~ParquetLayoutWriter.add` skips it. Several pro
 one dataset: each claims its shard numbers with ``O_EXCL`` (:func:`.locks.claim`), so names never
 collide; they should split the examples between them (keys are deduplicated against the shards
 present when each writer opened, not against each other's buffers).
+
+Groups: examples that only make sense together (a prompt's kept pairs) go in with
+:meth:`~ParquetLayoutWriter.add_group`. A group's rows and its record (JSON, e.g. what was tried)
+land in one shard, the record in that shard's footer (``ip2p_groups``, which ``datasets`` ignores),
+so the shard's rename is the one step that makes the group visible and done: a resumed run finds
+a group whole or absent (:attr:`~ParquetLayoutWriter.groups`), even a group of no rows.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from PIL import Image
@@ -43,7 +49,7 @@ from ..errors import IP2PError
 from ..formats.atomic import atomic_file
 from .fields import EXAMPLE_KEY, INPUT_CAPTION, METADATA_JSON, OUTPUT_CAPTION, PAPER_METADATA, SEED
 from .locks import claim
-from .paper import IMAGE_FORMATS, as_image, check_prompt
+from .paper import IMAGE_FORMATS, as_image, cannot_write, check_prompt
 from .parquet import _pyarrow, find_parquet_files  # one place says how to install pyarrow
 
 SHARD_DIGITS = 5
@@ -52,13 +58,15 @@ _CLAIM = re.compile(r"^\.(\d+)\.parquet\.claim$")
 _SPLIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COLUMNS = ("input_image", "edit_prompt", "edited_image", INPUT_CAPTION, OUTPUT_CAPTION, SEED, *PAPER_METADATA)
 COLUMNS = (*_COLUMNS, METADATA_JSON, EXAMPLE_KEY)  # the shards' columns, in order
+MAX_SEED = 2**64 - 1  # as ip2p.devices.MAX_SEED (not imported: this module runs without torch)
+GROUPS_FOOTER = b"ip2p_groups"  # a shard's footer key: {group name: record} of the groups it holds
 
 
 def schema():
     """The shards' arrow schema, with the ``huggingface`` features JSON that ``datasets`` decodes images by."""
     pa = _pyarrow()
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    types = {"input_image": image, "edited_image": image, SEED: pa.int64()}
+    types = {"input_image": image, "edited_image": image, SEED: pa.uint64()}
     types.update({name: pa.float64() for name in PAPER_METADATA})
     features = {}
     fields = []
@@ -78,8 +86,24 @@ def _number(name: str, value, integer: bool):
     if integer:
         if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             raise IP2PError(f"Metadata {name!r} must be a whole number; got {value!r}.")
+        if not 0 <= value <= MAX_SEED:
+            raise IP2PError(f"Metadata {name!r} must be from 0 to 2**64 - 1 (a seed torch takes); got {value!r}.")
         return int(value)
     return float(value)
+
+
+def _footer_groups(path: Path, found) -> dict[str, dict]:
+    """The groups a shard's footer records (none for a shard written without groups)."""
+    text = (found.metadata or {}).get(GROUPS_FOOTER)
+    if text is None:
+        return {}
+    try:
+        groups = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        groups = None
+    if not isinstance(groups, dict) or not all(isinstance(r, dict) for r in groups.values()):
+        raise IP2PError(f"{path} has a damaged group record in its footer ({text[:80]!r}). Delete it and run again.")
+    return groups
 
 
 class ParquetLayoutWriter:
@@ -89,7 +113,9 @@ class ParquetLayoutWriter:
     the last, partial shard when the block ends normally or by Ctrl-C (any other error discards
     the unwritten rows; a rerun writes them). ``image_format``: ``"png"`` (lossless) or ``"jpg"``
     (quality 95) for images given as pixels; encoded bytes are stored as given. A shard holds at
-    most ``shard_rows`` rows or about ``shard_bytes`` of images, in row groups of ``row_group_rows``.
+    most ``shard_rows`` rows or about ``shard_bytes`` of images, in row groups of ``row_group_rows``;
+    a group is never split, so its shard may hold more. ``groups``: name → record of every group
+    written or buffered (:meth:`add_group`).
     """
 
     def __init__(
@@ -121,17 +147,19 @@ class ParquetLayoutWriter:
         self.written: list[Path] = []  # shards this writer wrote
         self._rows: list[dict] = []
         self._buffered_bytes = 0
-        self._keys, self._next = self._read_existing()
+        self._buffered_groups: dict[str, dict] = {}  # groups whose rows are buffered: they go in the next shard
+        self._keys, self.groups, self._next = self._read_existing()
 
     # -------------------------------------------------------------------------------- resume
 
-    def _read_existing(self) -> tuple[set[str], int]:
-        """The keys already written and the first shard number worth trying; foreign files refused."""
+    def _read_existing(self) -> tuple[set[str], dict[str, dict], int]:
+        """The keys and groups already written, and the first shard number worth trying; foreign files refused."""
         pa = _pyarrow()
         keys: set[str] = set()
+        groups: dict[str, dict] = {}
         numbers = [-1]
         if not self.root.is_dir():
-            return keys, 0
+            return keys, groups, 0
         for path in find_parquet_files(self.root):
             relative = path.relative_to(self.root)
             match = _SHARD.match(path.name)
@@ -153,10 +181,11 @@ class ParquetLayoutWriter:
                 )
             shard_keys = pa.parquet.read_table(path, columns=[EXAMPLE_KEY]).column(0).to_pylist()
             keys.update(shard_keys)
+            groups.update(_footer_groups(path, found))
             numbers.append(int(match.group(1)))
         if self.folder.is_dir():
             numbers += [int(m.group(1)) for m in map(_CLAIM.match, os.listdir(self.folder)) if m]
-        return keys, max(numbers) + 1
+        return keys, groups, max(numbers) + 1
 
     def has(self, key: str) -> bool:
         """Whether ``key`` is written (or buffered) already: a resumed run skips it."""
@@ -172,10 +201,44 @@ class ParquetLayoutWriter:
         images (PIL, uint8 arrays, or encoded PNG/JPEG/WebP bytes). ``metadata``: ``seed``, the
         paper's metrics and any other JSON-ready values.
         """
-        if not isinstance(key, str) or not key:
-            raise IP2PError(f"An example key must be a non-empty string (got {key!r}).")
         if key in self._keys:
             return False
+        self._take([self._row(key, prompt, image0, image1, metadata)])
+        self._flush_if_full()
+        return True
+
+    def add_group(self, name: str, examples: Iterable[tuple], record: Mapping | None = None) -> bool:
+        """Buffer a group of examples that lands whole in one shard with ``record``; False when ``name`` is done.
+
+        ``examples``: ``(key, prompt, image0, image1, metadata)`` tuples, as :meth:`add` takes them
+        (keys already written are skipped, as by :meth:`add`). ``record``: JSON-ready values kept
+        with the group and read back in :attr:`groups` (an empty group records that there was nothing
+        to keep). Every example is checked before any is buffered, so a bad one leaves no part of the group.
+        """
+        if not isinstance(name, str) or not name:
+            raise IP2PError(f"A group name must be a non-empty string (got {name!r}).")
+        if name in self.groups:
+            return False
+        record = dict(record or {})
+        try:
+            json.dumps(record)
+        except (TypeError, ValueError) as exc:
+            raise IP2PError(
+                f"The record of group {name!r} is not JSON-ready ({exc}); pass numbers, text, lists and dicts."
+            ) from exc
+        rows: dict[str, dict] = {}
+        for key, prompt, image0, image1, metadata in examples:
+            if key not in self._keys and key not in rows:
+                rows[key] = self._row(key, prompt, image0, image1, metadata)
+        self._take(list(rows.values()))
+        self.groups[name] = self._buffered_groups[name] = record
+        self._flush_if_full()
+        return True
+
+    def _row(self, key: str, prompt: Mapping, image0, image1, metadata: Mapping | None) -> dict:
+        """One example as a shard row, checked and its images encoded."""
+        if not isinstance(key, str) or not key:
+            raise IP2PError(f"An example key must be a non-empty string (got {key!r}).")
         prompt = check_prompt(prompt)
         metadata = dict(metadata or {})
         rest = {k: v for k, v in prompt.items() if k not in ("caption", "input", "edit", "output")}
@@ -187,7 +250,7 @@ class ParquetLayoutWriter:
                 f"Metadata of {key!r} is not JSON-ready ({exc}); pass numbers, text, lists and dicts."
             ) from exc
         images = [self._encode(image, name) for image, name in ((image0, "image0"), (image1, "image1"))]
-        row = {
+        return {
             "input_image": {"bytes": images[0], "path": None},
             "edit_prompt": prompt["edit"],
             "edited_image": {"bytes": images[1], "path": None},
@@ -198,12 +261,17 @@ class ParquetLayoutWriter:
             METADATA_JSON: packed,
             EXAMPLE_KEY: key,
         }
-        self._rows.append(row)
-        self._keys.add(key)
-        self._buffered_bytes += len(images[0]) + len(images[1])
+
+    def _take(self, rows: list[dict]) -> None:
+        self._rows += rows
+        self._keys.update(row[EXAMPLE_KEY] for row in rows)
+        self._buffered_bytes += sum(
+            len(row["input_image"]["bytes"]) + len(row["edited_image"]["bytes"]) for row in rows
+        )
+
+    def _flush_if_full(self) -> None:
         if len(self._rows) >= self.shard_rows or self._buffered_bytes >= self.shard_bytes:
             self.flush()
-        return True
 
     def _encode(self, value, name: str) -> bytes:
         if isinstance(value, bytes | bytearray | memoryview):
@@ -238,25 +306,32 @@ class ParquetLayoutWriter:
                 (self.folder / f".{name}.claim").unlink()  # finished by a writer that released its claim
 
     def flush(self) -> Path | None:
-        """Write the buffered rows as one shard now; returns it (``None`` when nothing was buffered)."""
-        if not self._rows:
+        """Write the buffered rows (and groups) as one shard now; returns it (``None`` when nothing was buffered)."""
+        if not self._rows and not self._buffered_groups:
             return None
         pa = _pyarrow()
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
-        path = self._claim_shard()
+        if self._buffered_groups:
+            footer = {**self.schema.metadata, GROUPS_FOOTER: json.dumps(self._buffered_groups, ensure_ascii=False)}
+            table = table.replace_schema_metadata(footer)
+        try:
+            path = self._claim_shard()
+        except OSError as exc:  # even an empty claim file needs room
+            raise cannot_write(self.folder, exc) from exc
         try:
             with atomic_file(path) as tmp:
-                pa.parquet.write_table(table, tmp, row_group_size=self.row_group_rows)
+                if table.num_rows:
+                    pa.parquet.write_table(table, tmp, row_group_size=self.row_group_rows)
+                else:  # groups of no rows: a shard of no row group, as `datasets` refuses an empty one
+                    pa.parquet.ParquetWriter(tmp, table.schema).close()
         except OSError as exc:
-            raise IP2PError(
-                f"Cannot write the shard {path}: {exc.strerror or exc}. Free disk space (or choose another "
-                f"folder) and run again: the shards already written are kept and their examples skipped."
-            ) from exc
+            raise cannot_write(path, exc) from exc
         finally:
             (path.parent / f".{path.name}.claim").unlink(missing_ok=True)
         self.written.append(path)
         self._rows.clear()
         self._buffered_bytes = 0
+        self._buffered_groups.clear()
         return path
 
     def close(self) -> list[Path]:

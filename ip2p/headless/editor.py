@@ -31,7 +31,6 @@ from .components import EditModel
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EditSettings:
     """Everything that decides an edit besides the model and the images (validated on creation)."""

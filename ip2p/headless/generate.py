@@ -4,26 +4,34 @@ For each (input caption, instruction, edited caption) triple, :func:`generate_da
 ``samples`` image pairs with Prompt-to-Prompt (:func:`~.p2p.generate_pairs`, ``batch`` seeds per
 UNet call), each pair with its own ``p ~ U(p2p_fraction)`` and ``cfg ~ U(cfg)``; scores them with
 CLIP (:mod:`ip2p.clip_filter`) and keeps the best ``keep`` that pass the thresholds; and writes them
-in the paper's layout (:class:`~ip2p.datasets.paper.PaperLayoutWriter`). Without a CLIP model
-nothing is filtered and every sample is kept (``keep`` must then equal ``samples``).
+in the paper's layout (:class:`~ip2p.datasets.paper.PaperLayoutWriter`) or as Hugging Face parquet
+shards (:class:`~ip2p.datasets.parquet_writer.ParquetLayoutWriter`), with the same pairs and
+metadata either way. Without a CLIP model nothing is filtered and every sample is kept (``keep``
+must then equal ``samples``).
 
 Deterministic: a sample's seed, p and cfg come from the run seed, the triple's key and the
 sample's number alone, so a rerun, another batch size or another number of processes gives the
-same pairs. Resumable: a prompt counts as done when its folder holds :data:`DONE_FILE` (its kept
-pairs are written before it); a rerun skips done prompts and redoes the others whole, clearing
-what a crash left of them first, so a crash leaves neither duplicates nor holes. Sharded: process
-``rank`` of ``world`` takes the prompts whose index ≡ rank (mod world); ``accelerate launch``
-sets ``RANK`` / ``WORLD_SIZE``. Prompt folders are numbered by the triple's index in the prompt
-file, so every process writes its own folders.
+same pairs. Resumable, a prompt at a time, so a crash or a full disk leaves neither duplicates
+nor holes: a rerun skips done prompts and redoes the others whole.
+
+- paper: a prompt is done when its folder holds :data:`DONE_FILE`, written after its pairs; a
+  folder without it (cut short by a crash) is cleared before the prompt is redone, and a write
+  that fails (a full disk) removes the prompt's folder at once.
+- parquet: a prompt's pairs and its :data:`DONE_FILE` record are one group of the writer, written
+  in the same shard (the shard's rename makes the prompt done). Shards are written every
+  ``shard_rows`` rows: Ctrl-C and SIGTERM write the prompts finished so far, a kill -9 loses
+  those not yet in a shard (the rerun redoes them).
+
+Sharded: process ``rank`` of ``world`` takes the prompts whose index ≡ rank (mod world);
+``accelerate launch`` sets ``RANK`` / ``WORLD_SIZE``. A prompt is named by its index in the prompt
+file (its folder, its group and its pairs' ``example_key`` ``NNNNNNN/seed``, as ``ip2p dataset
+convert`` names them), so processes never write the same prompt, and a rerun with a changed prompt
+file is refused rather than mixed in.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import random
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,19 +39,15 @@ from pathlib import Path
 
 import torch
 
+from .. import pairs
 from ..clip_filter import METADATA_KEYS, ClipScorer, ClipScores, FilterThresholds, select_samples
-from ..datasets.paper import PaperLayoutWriter
+from ..datasets.outputs import open_output
 from ..errors import IP2PError
-from ..formats.atomic import atomic_file
-from ..images import to_uint8
 from ..prompts import PromptTriple
 from .components import EditModel
-from .editor import MAX_SEED
 from .p2p import check_base_model, generate_pairs
 
 logger = logging.getLogger(__name__)
-
-DONE_FILE = "done.json"  # in a prompt folder: the prompt is finished (its summary: tried, kept, rejected)
 
 
 @dataclass(frozen=True)
@@ -93,20 +97,10 @@ class GenerateSummary:
 
 
 def sample_plan(triple: PromptTriple, settings: GenerateSettings) -> list[dict]:
-    """Each sample's seed, p and cfg: from the run seed, the triple's key and the sample's number only."""
-    plan = []
-    for number in range(settings.samples):
-        digest = hashlib.sha256(f"{settings.seed}:{triple.key}:{number}".encode()).digest()
-        seed = int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
-        rng = random.Random(seed)
-        plan.append(
-            {
-                "seed": seed,
-                "p2p_threshold": rng.uniform(*settings.p2p_fraction),
-                "cfg_scale": rng.uniform(*settings.cfg),
-            }
-        )
-    return plan
+    """Each sample's seed, p and cfg (:func:`ip2p.pairs.sample_plan`: the run seed, the triple's key and the sample's number only)."""
+    return pairs.sample_plan(
+        triple.key, settings.samples, run_seed=settings.seed, p2p_fraction=settings.p2p_fraction, cfg=settings.cfg
+    )
 
 
 def check_keep(settings: GenerateSettings, filtered: bool) -> None:
@@ -176,38 +170,32 @@ def generate_dataset(
     settings: GenerateSettings,
     scorer: ClipScorer | None = None,
     *,
+    layout: str = "paper",
+    shard_rows: int = 1000,
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> GenerateSummary:
-    """Generate this process's share of ``triples`` into ``out`` (see the module docstring)."""
+    """Generate this process's share of ``triples`` into ``out`` as ``layout`` (``"paper"`` or ``"parquet"``).
+
+    ``shard_rows``: rows per parquet shard (parquet only): fewer lose less to a kill -9, more make fewer files.
+    """
     check_keep(settings, filtered=scorer is not None)
     check_base_model(model)
-    out = Path(out)
-    writer = PaperLayoutWriter(out, image_format="jpg")
     summary = GenerateSummary()
-    for index in shard(len(triples), rank, world):
-        triple = triples[index]
-        if (writer.folder(index) / DONE_FILE).is_file():
-            summary.skipped += 1
+    with open_output(layout, Path(out), shard_rows) as output:
+        for index in shard(len(triples), rank, world):
+            triple = triples[index]
+            if output.is_done(index, triple):
+                summary.skipped += 1
+            else:
+                kept, tried, rejected = generate_prompt(model, triple, settings, scorer)
+                done = {"tried": tried, "kept": len(kept), "rejected": dict(rejected), "key": triple.key}
+                output.write(index, triple, kept, done)
+                summary.prompts += 1
+                summary.tried += tried
+                summary.kept += len(kept)
+                summary.rejected += rejected
             if progress:
                 progress(1)
-            continue
-        kept, tried, rejected = generate_prompt(model, triple, settings, scorer)
-        if writer.folder(index).exists():  # cut short before: its pairs may differ from this run's (GPU noise)
-            shutil.rmtree(writer.folder(index))
-        for record, images in kept:
-            image0, image1 = (to_uint8(image) for image in images)
-            writer.add(index, triple.as_prompt(), record["seed"], image0, image1, metadata=record)
-        writer.folder(index).mkdir(parents=True, exist_ok=True)  # a prompt may keep no pair at all
-        done = {"tried": tried, "kept": len(kept), "rejected": dict(rejected), "key": triple.key}
-        with atomic_file(writer.folder(index) / DONE_FILE) as tmp:  # last: the prompt is finished
-            tmp.write_text(json.dumps(done) + "\n", encoding="utf-8")
-        summary.prompts += 1
-        summary.tried += tried
-        summary.kept += len(kept)
-        summary.rejected += rejected
-        if progress:
-            progress(1)
-    writer.finish()
     return summary

@@ -295,3 +295,47 @@ def test_the_tradeoff_plot_scores_every_image_cfg(pack, sd15_ip2p_checkpoint, cl
     assert len(lines) == 2 and lines[0].startswith("text_cfg 7.5, image_cfg 1: directional")
     scores = clip_scorer.scorer.score(image.movedim(-1, 1), edits[:1].movedim(-1, 1), "a cat", "a red cat")
     assert f"directional {float(scores.sim_dir[0]):.4f}" in lines[0]
+
+
+# --- dataset writer ---
+
+
+def _write(pack, images0, images1, folder, layout="paper", **inputs):
+    result = _module("dataset").IP2PDatasetWriter.execute(images0, images1, str(folder), layout, **inputs)
+    assert result["ui"]["text"] == list(result["result"])
+    return result["result"][0]
+
+
+@pytest.mark.parametrize("layout", ["paper", "parquet"])
+def test_the_writer_writes_each_prompt_once_and_the_dataset_opens(pack, node_pairs, tmp_path, layout):
+    from ip2p.datasets.reader import open_dataset
+
+    images0, images1, pairs = node_pairs
+    summary = _write(pack, images0, images1, tmp_path / "data", layout, pairs=pairs)
+    assert "2 pair(s) of 1 prompt(s) written, 0 prompt(s) already done" in summary
+    again = _write(pack, images0, images1, tmp_path / "data", layout, pairs=pairs)  # queued again: skipped
+    assert "0 pair(s) of 0 prompt(s) written, 1 prompt(s) already done" in again
+    dataset = open_dataset(tmp_path / "data")
+    assert len(dataset) == 2
+    assert {example.instruction for example in dataset} == {"make it a dog"}
+    if layout == "parquet":
+        import datasets
+
+        rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "**" / "*.parquet"))["train"]
+        assert sorted(rows["seed"]) == sorted(p.metadata["seed"] for p in pairs)
+
+
+def test_typed_pairs_get_a_prompt_number_no_prompt_file_reaches(pack, tmp_path):
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    captions = {"input_caption": "a cat", "instruction": "make it a dog", "edited_caption": "a dog"}
+    _write(pack, images, images.flip(0), tmp_path / "data", **captions)
+    _write(pack, images, images.flip(0), tmp_path / "data", **captions)  # a second run: its own prompt
+    folders = sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == ["5000000", "5000001"]
+    assert json.loads((tmp_path / "data" / "5000000" / "prompt.json").read_text())["edit"] == "make it a dog"
+
+
+def test_an_empty_batch_writes_nothing(pack, tmp_path):
+    empty = torch.zeros(0, 32, 32, 3)
+    assert "nothing to write" in _write(pack, empty, empty, tmp_path / "data", pairs=[])
+    assert not (tmp_path / "data").exists()

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 SNAPSHOT = Path(__file__).with_name("node_snapshot.json")
-MODEL_LISTS = {("IP2PCheckpointLoader", "ckpt_name"), ("IP2PDiffusersLoader", "model_path"), ("IP2PCLIPLoader", "clip_model")}
+MODEL_LISTS = {
+    ("IP2PCheckpointLoader", "ckpt_name"),
+    ("IP2PDiffusersLoader", "model_path"),
+    ("IP2PCLIPLoader", "clip_model"),
+}
 OPTIONAL_ATTRIBUTES = ("RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_NODE", "OUTPUT_IS_LIST", "INPUT_IS_LIST")
 
 
@@ -99,6 +103,12 @@ def test_model_lists_are_lists(nodes):
         "IP2PConditioning",
         "IP2PDualCFGGuider",
         "IP2PGuidanceSweep",
+        "IP2PPromptSource",
+        "IP2PPairGenerator",
+        "IP2PCLIPLoader",
+        "IP2PCLIPFilter",
+        "IP2PDatasetWriter",
+        "IP2PTradeoffPlot",
     ],
 )
 def test_node_interface_equals_the_snapshot(nodes, snapshot, node_id):

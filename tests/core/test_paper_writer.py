@@ -58,7 +58,7 @@ def test_a_full_disk_mid_pair_leaves_it_unfinished_and_a_rerun_completes(tmp_pat
     writer = PaperLayoutWriter(tmp_path)
     writer.add(0, _prompt(0), 2, _image(2), _image(20))
     real_save = _fail_on_the_edited_image(monkeypatch)
-    with pytest.raises(IP2PError, match="space"):
+    with pytest.raises(IP2PError, match="the disk is full.*Free disk space.*run again"):
         writer.add(0, _prompt(0), 3, _image(3), _image(30))
     assert not writer.has(0, 3) and "3_1.png" not in _visible_files(tmp_path), "no half-written image is visible"
     assert not [p for p in tmp_path.rglob(".*.tmp")], "no temporary file is left"

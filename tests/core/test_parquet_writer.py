@@ -63,7 +63,7 @@ def test_columns_and_the_huggingface_features_declare_images_and_values(tmp_path
     features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
     assert features["input_image"] == features["edited_image"] == {"_type": "Image"}
     assert features["edit_prompt"] == {"dtype": "string", "_type": "Value"}
-    assert features["seed"] == {"dtype": "int64", "_type": "Value"}
+    assert features["seed"] == {"dtype": "uint64", "_type": "Value"}
     assert features["clip_sim_dir"] == {"dtype": "float64", "_type": "Value"}
 
 
@@ -101,6 +101,13 @@ def test_open_dataset_reads_the_written_examples_with_captions_and_metadata(tmp_
     assert example.extra["example_key"] == "ex3"
 
 
+def test_every_seed_torch_takes_is_stored_exactly(tmp_path):
+    with ParquetLayoutWriter(tmp_path) as writer:
+        for i, seed in enumerate((0, 2**63, 2**64 - 1)):
+            _add(writer, i, seed=seed)
+    assert pq.read_table(tmp_path / "data/train/00000.parquet").column("seed").to_pylist() == [0, 2**63, 2**64 - 1]
+
+
 def test_encoded_image_bytes_are_stored_as_given(tmp_path):
     buffer = io.BytesIO()
     _image(1).save(buffer, format="JPEG", quality=80)
@@ -122,7 +129,13 @@ def test_jpg_format_stores_jpeg_bytes(tmp_path):
 
 @pytest.mark.parametrize(
     ("metadata", "message"),
-    [({"seed": "seven"}, "'seed' must be a number"), ({"seed": 1.5}, "whole number"), ({"cfg_scale": True}, "number")],
+    [
+        ({"seed": "seven"}, "'seed' must be a number"),
+        ({"seed": 1.5}, "whole number"),
+        ({"seed": -1}, r"from 0 to 2\*\*64 - 1"),
+        ({"seed": 2**64}, r"from 0 to 2\*\*64 - 1"),
+        ({"cfg_scale": True}, "number"),
+    ],
 )
 def test_metadata_of_the_wrong_type_is_refused_naming_the_key(tmp_path, metadata, message):
     with ParquetLayoutWriter(tmp_path) as writer, pytest.raises(IP2PError, match=message):
@@ -195,6 +208,46 @@ def test_a_shard_number_claimed_by_another_writer_is_passed_over(tmp_path):
     assert not (tmp_path / "data/train/.00001.parquet.claim").exists(), "a finished shard releases its claim"
 
 
+# ------------------------------------------------------------------------------------ groups
+
+
+def _group(first: int, count: int) -> list[tuple]:
+    return [
+        (f"ex{i}", {**PROMPT, "edit": f"edit {i}"}, _image(i), _image(i + 100), {"seed": i})
+        for i in range(first, first + count)
+    ]
+
+
+def test_a_group_is_never_split_between_shards_and_its_record_is_read_back(tmp_path):
+    with ParquetLayoutWriter(tmp_path, shard_rows=3) as writer:
+        for number in range(3):
+            writer.add_group(f"g{number}", _group(number * 2, 2), {"tried": 5, "number": number})
+    assert [pq.read_metadata(tmp_path / s).num_rows for s in _shards(tmp_path)] == [4, 2], "whole groups per shard"
+    reopened = ParquetLayoutWriter(tmp_path)
+    assert reopened.groups == {f"g{n}": {"tried": 5, "number": n} for n in range(3)}
+    assert not reopened.add_group("g1", _group(0, 2)), "a done group is skipped"
+
+
+def test_a_group_of_no_rows_is_recorded_in_a_shard_that_datasets_and_open_dataset_read(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    with ParquetLayoutWriter(tmp_path) as writer:
+        writer.add_group("kept", _group(0, 1), {"kept": 1})
+    with ParquetLayoutWriter(tmp_path) as writer:
+        writer.add_group("nothing kept", [], {"kept": 0})
+    assert [pq.read_metadata(tmp_path / s).num_rows for s in _shards(tmp_path)] == [1, 0]
+    assert ParquetLayoutWriter(tmp_path).groups == {"kept": {"kept": 1}, "nothing kept": {"kept": 0}}
+    loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "data/train/*.parquet"), split="train")
+    assert loaded["example_key"] == ["ex0"] and len(open_dataset(tmp_path)) == 1
+
+
+def test_a_bad_example_leaves_no_part_of_its_group(tmp_path):
+    with ParquetLayoutWriter(tmp_path) as writer:
+        with pytest.raises(IP2PError, match="image1"):
+            writer.add_group("g", [*_group(0, 1), ("ex1", PROMPT, _image(1), b"not an image", None)])
+        assert not writer.has("ex0") and "g" not in writer.groups
+    assert _shards(tmp_path) == []
+
+
 def test_an_error_in_the_block_discards_unwritten_rows_and_ctrl_c_keeps_them(tmp_path):
     with pytest.raises(RuntimeError), ParquetLayoutWriter(tmp_path / "error") as writer:
         _add(writer, 0)
@@ -219,7 +272,7 @@ def test_a_full_disk_leaves_no_partial_shard_and_a_rerun_completes(tmp_path, mon
         return real_write(table, where, **kwargs)
 
     monkeypatch.setattr(pq, "write_table", write_then_fill_the_disk)
-    with pytest.raises(IP2PError, match="No space left on device.*run again"):
+    with pytest.raises(IP2PError, match=r"the disk is full \(No space left on device\).*Free disk space.*run again"):
         with ParquetLayoutWriter(tmp_path, shard_rows=2) as writer:
             for i in range(5):
                 _add(writer, i)

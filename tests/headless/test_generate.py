@@ -1,8 +1,10 @@
 """`ip2p generate` and its core (ip2p.headless.generate): prompt triples to a filtered dataset in the
-paper's layout, deterministic, sharded and resumable. Tiny random SD base and tiny random CLIP."""
+paper's layout or as parquet, deterministic, sharded and resumable. Tiny random SD base and tiny random CLIP."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -10,14 +12,21 @@ import subprocess
 import sys
 import time
 
+import datasets
 import pytest
 
+import ip2p.headless.generate as generate_core
 from ip2p.cli.main import main
 from ip2p.clip_filter import ClipScorer, FilterThresholds
+from ip2p.datasets import paper, parquet_writer
+from ip2p.datasets.fields import PAPER_METADATA
+from ip2p.datasets.outputs import DONE_FILE
+from ip2p.datasets.parquet_writer import ParquetLayoutWriter
 from ip2p.datasets.reader import open_dataset
 from ip2p.errors import IP2PError
+from ip2p.formats.atomic import atomic_file
 from ip2p.headless.export import save_diffusers
-from ip2p.headless.generate import DONE_FILE, GenerateSettings, generate_dataset, sample_plan
+from ip2p.headless.generate import GenerateSettings, generate_dataset, sample_plan
 from ip2p.headless.random_model import save_random_clip
 from ip2p.prompts import PromptTriple, write_prompts
 
@@ -56,6 +65,40 @@ def pairs_on_disk(root) -> dict:
                 meta,
             )
     return found
+
+
+def parquet_pairs(root) -> dict:
+    """:func:`pairs_on_disk` of a parquet dataset, read by `datasets.load_dataset` (a key written twice fails)."""
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=str(root / "data/train/*.parquet"),
+        split="train",
+        cache_dir=str(root.parent / "hf-cache"),
+    )
+    loaded = loaded.cast_column("input_image", datasets.Image(decode=False))
+    loaded = loaded.cast_column("edited_image", datasets.Image(decode=False))
+    found = {}
+    for row in loaded:
+        folder, seed = row["example_key"].split("/")
+        meta = {"seed": row["seed"], **{k: row[k] for k in PAPER_METADATA if row[k] is not None}}
+        meta.update(json.loads(row["metadata_json"]) if row["metadata_json"] else {})
+        pair = (row["edit_prompt"], row["input_image"]["bytes"], row["edited_image"]["bytes"], meta)
+        assert (folder, int(seed)) not in found, f"{row['example_key']} is written twice"
+        found[(folder, int(seed))] = pair
+    return found
+
+
+def hidden_leftovers(root) -> list[str]:
+    """Temporary files and shard claims: what an interrupted write must not leave behind."""
+    return sorted(p.name for p in root.rglob(".*") if p.is_file() and p.name.endswith((".tmp", ".claim")))
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_base_model, scorer, tmp_path_factory):
+    """TRIPLES generated in one uninterrupted run, in the paper's layout: what every other run must equal."""
+    out = tmp_path_factory.mktemp("whole") / "paper"
+    generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer)
+    return pairs_on_disk(out)
 
 
 def test_each_prompt_keeps_its_best_pairs_by_directional_similarity_with_the_papers_metadata(
@@ -136,6 +179,115 @@ def test_a_rerun_skips_done_prompts_and_redoes_an_unfinished_one_without_duplica
     assert not (out / "0000001" / "7_0.jpg").exists()
 
 
+# --- parquet output ------------------------------------------------------------------------------
+
+
+def test_parquet_output_holds_the_same_pairs_scores_and_captions_as_the_paper_layout(
+    tiny_base_model, scorer, whole_run, tmp_path
+):
+    out = tmp_path / "parquet"
+    summary = generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer, layout="parquet")
+    assert (summary.prompts, summary.kept, summary.rejected) == (3, 6, {"rank": 3})
+    assert parquet_pairs(out) == whole_run, "the same seeds, pixels (JPEG bytes) and scores"
+    rows = datasets.load_dataset(
+        "parquet", data_files=str(out / "data/train/*.parquet"), cache_dir=str(tmp_path / "hf-cache")
+    )
+    for row in rows["train"]:
+        triple = TRIPLES[int(row["example_key"].split("/")[0])]
+        assert (row["input_caption"], row["edit_prompt"], row["output_caption"]) == (
+            triple.input_caption,
+            triple.instruction,
+            triple.edited_caption,
+        )
+
+
+def test_a_parquet_rerun_after_a_crash_skips_the_prompts_in_shards_and_redoes_the_rest_once(
+    tiny_base_model, scorer, whole_run, tmp_path, monkeypatch
+):
+    out = tmp_path / "parquet"
+    real_generate_prompt = generate_core.generate_prompt
+
+    def crash_on_the_third_prompt(model, triple, *args):
+        if triple == TRIPLES[2]:
+            raise RuntimeError("the process dies")
+        return real_generate_prompt(model, triple, *args)
+
+    monkeypatch.setattr(generate_core, "generate_prompt", crash_on_the_third_prompt)
+    with pytest.raises(RuntimeError):  # shards of 3 rows: prompts 0 and 1 (2 pairs each) fill one
+        generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer, layout="parquet", shard_rows=3)
+    assert set(ParquetLayoutWriter(out).groups) == {"0000000", "0000001"}, "a prompt is in a shard whole"
+    monkeypatch.setattr(generate_core, "generate_prompt", real_generate_prompt)
+    summary = generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer, layout="parquet", shard_rows=3)
+    assert (summary.skipped, summary.prompts) == (2, 1)
+    assert parquet_pairs(out) == whole_run
+
+
+def test_a_rerun_with_another_prompt_at_a_done_index_is_refused(tiny_base_model, tmp_path):
+    changed = [TRIPLES[1], TRIPLES[0]]
+    for layout in ("paper", "parquet"):
+        generate_dataset(tiny_base_model, TRIPLES[:1], tmp_path / layout, settings(samples=1, keep=1), layout=layout)
+        with pytest.raises(IP2PError, match="prompt file changed"):
+            generate_dataset(tiny_base_model, changed, tmp_path / layout, settings(samples=1, keep=1), layout=layout)
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+def fill_the_disk(monkeypatch, module, at, times: int = 1) -> None:
+    """Make ``module``'s ``times``-th atomic write of a file ``at(path)`` accepts fail as on a full disk,
+    after its bytes went into the temporary file."""
+    matches = []
+
+    @contextlib.contextmanager
+    def filling_up(dst):
+        with atomic_file(dst) as tmp:
+            yield tmp
+            if at(dst):
+                matches.append(dst)
+                if len(matches) == times:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "atomic_file", filling_up)
+
+
+def test_a_full_disk_in_the_paper_layout_leaves_no_part_of_the_prompt_and_a_rerun_completes(
+    tiny_base_model, scorer, whole_run, tmp_path, monkeypatch
+):
+    fill_the_disk(
+        monkeypatch, paper, at=lambda path: path.parent.name == "0000001" and path.name.endswith("_1.jpg"), times=2
+    )
+    with pytest.raises(IP2PError) as failure:  # prompt 1's second edited image
+        generate_dataset(tiny_base_model, TRIPLES, tmp_path, settings(), scorer)
+    said = " ".join(str(failure.value).split())
+    assert "the disk is full" in said and "Free disk space" in said and "run again: it resumes" in said
+    assert hidden_leftovers(tmp_path) == []
+    assert not (tmp_path / "0000001").exists(), "no pair of the unfinished prompt is left"
+    assert pairs_on_disk(tmp_path).keys() == {k for k in whole_run if k[0] == "0000000"}
+    monkeypatch.undo()
+    summary = generate_dataset(tiny_base_model, TRIPLES, tmp_path, settings(), scorer)
+    assert (summary.skipped, summary.prompts) == (1, 2)
+    assert pairs_on_disk(tmp_path) == whole_run
+    assert {(f, s) for f, seeds in json.loads((tmp_path / "seeds.json").read_text()) for s in seeds} == whole_run.keys()
+
+
+def test_a_full_disk_in_parquet_leaves_no_partial_shard_and_a_rerun_completes(
+    tiny_base_model, scorer, whole_run, tmp_path, monkeypatch
+):
+    fill_the_disk(monkeypatch, parquet_writer, at=lambda path: path.name == "00001.parquet")
+    out = tmp_path / "parquet"
+    with pytest.raises(IP2PError) as failure:  # shards of 2 rows, one per prompt: prompt 1's fails
+        generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer, layout="parquet", shard_rows=2)
+    said = " ".join(str(failure.value).split())
+    assert "the disk is full" in said and "Free disk space" in said and "run again: it resumes" in said
+    assert hidden_leftovers(out) == []
+    assert sorted(p.name for p in out.rglob("*.parquet")) == ["00000.parquet"]
+    assert parquet_pairs(out).keys() == {k for k in whole_run if k[0] == "0000000"}
+    monkeypatch.undo()
+    summary = generate_dataset(tiny_base_model, TRIPLES, out, settings(), scorer, layout="parquet", shard_rows=2)
+    assert (summary.skipped, summary.prompts) == (1, 2)
+    assert parquet_pairs(out) == whole_run
+
+
 def test_bad_settings_are_refused_before_anything_runs():
     with pytest.raises(IP2PError, match="keep"):
         GenerateSettings(samples=2, keep=3)
@@ -191,6 +343,14 @@ def test_the_command_refuses_keep_below_samples_without_clip_and_an_edit_model_a
     )
     assert "needs a base" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_command_refuses_shard_rows_below_one_before_loading_a_model(tmp_path, capsys):
+    prompts = str(write_prompts(tmp_path / "prompts.jsonl", TRIPLES[:1]))
+    args = ["--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), "--samples", "1", "--keep", "1"]
+    assert main(["generate", "--prompts", prompts, *args, "--format", "parquet", "--shard-rows", "0"]) == 2
+    assert "--shard-rows must be 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_kill_9_during_generation_leaves_no_partial_pair_and_a_rerun_completes_the_set(base_dir, tmp_path):
