@@ -119,8 +119,11 @@ def check_pair_batches(input_images: torch.Tensor, edited_images: torch.Tensor, 
 
 
 def preview_label(number: int, record: dict, reason: str | None) -> str:
-    verdict = "kept" if reason is None else f"rejected: {reason.removeprefix('clip_')}"
-    scores = "\n".join(f"{name.removeprefix('sim_')} {record[key]:.3f}" for name, key in METADATA_KEYS.items())
+    verdict = "kept" if reason is None else f"rejected by {reason.removeprefix('clip_')}"
+    scores = "\n".join(
+        f"{name.replace('sim_dir', 'dir').replace('sim_image', 'image')} {record[key]:.3f}"
+        for name, key in METADATA_KEYS.items()
+    )
     return f"#{number} {verdict}\n{scores}"
 
 

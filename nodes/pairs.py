@@ -16,7 +16,7 @@ import torch
 from ..ip2p.errors import IP2PError
 from ..ip2p.p2p import PaperP2P
 from ..ip2p.pairs import GeneratedPair, check_range, sample_plan
-from ..ip2p.prompts import PromptTriple, read_prompts
+from ..ip2p.prompts import read_prompts
 from . import host
 from .conditioning import encode_text
 from .inputs import CATEGORY, sampler_inputs
@@ -127,26 +127,25 @@ def encode_pair(clip, input_caption: str, edited_caption: str) -> list:
 
 
 @torch.no_grad()
-def sample_pairs(model, clip, vae, triple: PromptTriple, plan: list[dict], *, steps, size, sampler_name, scheduler,
+def sample_pairs(patched, conds: tuple[list, list], vae, plan: list[dict], *, steps, size, sampler_name, scheduler,
                  controller=None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One UNet call per step for ``len(plan)`` seeds × 2 captions: the pairs' (input, edited) BHWC images.
 
-    ``plan``: the paper's keys per pair (seed, p2p_threshold, cfg_scale). ``controller`` replaces
-    the paper's Prompt-to-Prompt (self-attention shared while the step fraction is below p).
+    ``patched``: the MODEL from :func:`patch_model`; ``conds``: (:func:`encode_pair`, the empty
+    prompt's conditioning). ``plan``: the paper's keys per pair (seed, p2p_threshold, cfg_scale).
+    ``controller`` replaces the paper's Prompt-to-Prompt (self-attention shared while the step
+    fraction is below p).
     """
     pairs = len(plan)
     controller = controller or PaperP2P([sample["p2p_threshold"] for sample in plan])
-    latent_format = model.model.latent_format
-    shape = (latent_format.latent_channels, size // 8, size // 8)
-    noise = PairNoise([sample["seed"] for sample in plan], shape, model.load_device)
-    ksampler = comfy.samplers.KSampler(
-        model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
-        model_options=model.model_options,
-    )  # fmt: skip
-    sigmas = ksampler.sigmas
-    sampler = pair_sampler(sampler_name, noise)
-    guider = PairGuider(patch_model(model))
-    guider.set_conds(encode_pair(clip, triple.input_caption, triple.edited_caption), encode_text(clip, ""))
+    shape = (patched.model.latent_format.latent_channels, size // 8, size // 8)
+    noise = PairNoise([sample["seed"] for sample in plan], shape, patched.load_device)
+    sigmas = comfy.samplers.KSampler(
+        patched, steps=steps, device=patched.load_device, sampler=sampler_name, scheduler=scheduler,
+        model_options=patched.model_options,
+    ).sigmas  # fmt: skip
+    guider = PairGuider(patched)
+    guider.set_conds(*conds)
     scales = torch.tensor([sample["cfg_scale"] for sample in plan for _ in (0, 1)]).view(-1, 1, 1, 1)
     guider.set_pairs(controller, pairs, scales, sigmas)
     controller.reset()
@@ -154,9 +153,9 @@ def sample_pairs(model, clip, vae, triple: PromptTriple, plan: list[dict], *, st
     samples = guider.sample(
         start,
         torch.zeros_like(start),
-        sampler,
+        pair_sampler(sampler_name, noise),
         sigmas,
-        callback=host.step_callback(model, sigmas.shape[-1] - 1),
+        callback=host.step_callback(patched, sigmas.shape[-1] - 1),
         disable_pbar=host.progress_disabled(),
         seed=plan[0]["seed"],
     )
@@ -202,7 +201,16 @@ class IP2PPairGenerator:
                     "INT",
                     {"default": 4, "min": 1, "max": 256, "tooltip": "Pairs sampled together in one model call."},
                 ),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Run seed."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "Run seed: with the prompt it fixes every pair's seed, p and cfg (keep it fixed).",
+                    },
+                ),
                 "steps": ("INT", {"default": 100, "min": 1, "max": 10000, "tooltip": "Sampling steps (paper: 100)."}),
                 "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Image side."}),
                 **sampler_inputs(),
@@ -225,15 +233,16 @@ class IP2PPairGenerator:
             (index, triple, sample_plan(triple.key, samples, run_seed=seed, p2p_fraction=p_range, cfg=cfg_range))
             for index, triple in prompts
         ]
+        patched = patch_model(model)  # one clone for the run: ComfyUI loads it once
         bar = host.progress_bar(len(plans) * samples)
         for index, triple, plan in plans:
+            conds = encode_pair(clip, triple.input_caption, triple.edited_caption), encode_text(clip, "")
             for start in range(0, samples, seeds_per_call):
                 host.throw_if_interrupted()
                 chunk = plan[start : start + seeds_per_call]
                 images0, images1 = sample_pairs(
-                    model, clip, vae, triple, chunk, steps=steps, size=size, sampler_name=sampler_name,
-                    scheduler=scheduler,
-                )  # fmt: skip
+                    patched, conds, vae, chunk, steps=steps, size=size, sampler_name=sampler_name, scheduler=scheduler
+                )
                 inputs.append(images0)
                 edits.append(images1)
                 records += [GeneratedPair(triple, index, dict(sample)) for sample in chunk]

@@ -31,7 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "comfyui-ip2p"
 DEFAULT_SERVER_SITE = REPO_ROOT / ".cache" / "comfy-server-site"
 CHECKPOINT_NAME = "ip2p_random_sd15.safetensors"
-BASE_CHECKPOINT_NAME = "base_4ch_header_only.safetensors"
+BASE_CHECKPOINT_NAME = "base_random_sd15.safetensors"
+CLIP_FOLDER_NAME = "tiny-clip"
+PROMPTS_NAME = "ip2p_prompts.jsonl"
 DIFFUSERS_FOLDER_NAME = "ip2p_random_sd15"
 INPUT_IMAGE_NAME = "ip2p_input.png"
 INPUT_IMAGE_SIZE = (160, 64)  # (width, height): not square, so a transposed size would show
@@ -241,7 +243,16 @@ def server_site() -> Path:
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """ComfyUI's --base-directory: our pack linked into custom_nodes, the models, the input image."""
     base = tmp_path_factory.mktemp("comfy-base")
-    for sub in ("custom_nodes", "user", "frontend", "input", "output", "models/checkpoints", "models/diffusers"):
+    for sub in (
+        "custom_nodes",
+        "user",
+        "frontend",
+        "input",
+        "output",
+        "models/checkpoints",
+        "models/diffusers",
+        "models/ip2p_clip",
+    ):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
     yield base
@@ -274,26 +285,48 @@ save_single_file(model, sys.argv[1], dtype=torch.float16)
 save_diffusers(model, sys.argv[2])
 """
 
-BUILD_HEADER_ONLY_BASE = """
+BUILD_BASE_AND_CLIP = """
 import sys, torch
-from safetensors.torch import save_file
-# Only the tensor that identifies the UNet: a 4-channel SD 1.5 conv_in (a base model).
-save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3, dtype=torch.float16)}, sys.argv[1])
+from ip2p.headless.export import save_single_file
+from ip2p.headless.random_model import build_random_model, save_random_clip
+save_single_file(build_random_model("sd15", in_channels=4, dtype=torch.float16), sys.argv[1], dtype=torch.float16)
+save_random_clip(sys.argv[2])
 """
 
 
 @pytest.fixture(scope="session")
 def models(base_dir: Path) -> dict[str, str]:
     """Model names as the loaders list them: the random SD 1.5 InstructPix2Pix model as a single file
-    (≈ 2 GB fp16) and as a diffusers folder, and a header-only 4-channel (base model) single file."""
+    (≈ 2 GB fp16) and as a diffusers folder, a random SD 1.5 base (text-to-image) model as a single
+    file, and a tiny random CLIP in the pack's CLIP folder (models/ip2p_clip)."""
     models_dir = base_dir / "models"
     _run_builder(
         BUILD_SD15,
         str(models_dir / "checkpoints" / CHECKPOINT_NAME),
         str(models_dir / "diffusers" / DIFFUSERS_FOLDER_NAME),
     )
-    _run_builder(BUILD_HEADER_ONLY_BASE, str(models_dir / "checkpoints" / BASE_CHECKPOINT_NAME))
-    return {"ip2p": CHECKPOINT_NAME, "ip2p_diffusers": DIFFUSERS_FOLDER_NAME, "base": BASE_CHECKPOINT_NAME}
+    _run_builder(
+        BUILD_BASE_AND_CLIP,
+        str(models_dir / "checkpoints" / BASE_CHECKPOINT_NAME),
+        str(models_dir / "ip2p_clip" / CLIP_FOLDER_NAME),
+    )
+    return {
+        "ip2p": CHECKPOINT_NAME,
+        "ip2p_diffusers": DIFFUSERS_FOLDER_NAME,
+        "base": BASE_CHECKPOINT_NAME,
+        "clip": CLIP_FOLDER_NAME,
+    }
+
+
+@pytest.fixture(scope="session")
+def prompts_file(base_dir: Path) -> str:
+    """Two prompt triples in the server's input folder (the paper's JSONL keys): the name the prompt source takes."""
+    lines = [
+        {"caption": "a photo of a cat on a sofa", "edit": "make it a dog", "output": "a photo of a dog on a sofa"},
+        {"caption": "a lake below mountains", "edit": "make it winter", "output": "a snowy lake below mountains"},
+    ]
+    (base_dir / "input" / PROMPTS_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return PROMPTS_NAME
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,12 @@ NODE_IDS = {
     "IP2PConditioning",
     "IP2PDualCFGGuider",
     "IP2PGuidanceSweep",
+    "IP2PPromptSource",
+    "IP2PPairGenerator",
+    "IP2PCLIPLoader",
+    "IP2PCLIPFilter",
+    "IP2PDatasetWriter",
+    "IP2PTradeoffPlot",
 }
 CATEGORY_ROOT = "InstructPix2Pix"
 PACK_MODULE = "custom_nodes.comfyui-ip2p"
@@ -37,7 +43,10 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 TEST_STEPS = 2
 TEST_MAX_SIDE = 128
+TEST_PAIR_SIZE = 64
+TEST_SAMPLES = 2
 LOADERS = {"IP2PCheckpointLoader", "CheckpointLoaderSimple"}
+KEEP_EVERY_PAIR = {"min_sim_0": -1.0, "min_sim_1": -1.0, "min_sim_dir": -1.0, "min_sim_image": -1.0}
 
 
 def workflow_id(path: Path) -> str:
@@ -48,15 +57,28 @@ def load_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def for_test(prompt: dict, checkpoint: str, image: str) -> dict:
-    """The workflow lowered for a CPU run: 2 steps, paper resize to 128 px, our model and input image."""
+def for_test(prompt: dict, models: dict[str, str], image: str, prompts: str = "") -> dict:
+    """The workflow lowered for a CPU run: 2 steps, paper resize to 128 px, our models and input image.
+
+    A workflow that generates pairs gets the base model (64 px, 2 pairs, every pair kept: the
+    random CLIP's scores mean nothing); any other gets the InstructPix2Pix model.
+    """
     prompt = copy.deepcopy(prompt)
+    makes_pairs = any(node["class_type"] == "IP2PPairGenerator" for node in prompt.values())
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] in LOADERS:
-            inputs["ckpt_name"] = checkpoint
+            inputs["ckpt_name"] = models["base" if makes_pairs else "ip2p"]
         if node["class_type"] == "LoadImage":
             inputs["image"] = image
+        if node["class_type"] == "IP2PCLIPLoader":
+            inputs["clip_model"] = models["clip"]
+        if node["class_type"] == "IP2PPromptSource":
+            inputs["prompts_file"] = prompts
+        if node["class_type"] == "IP2PPairGenerator":
+            inputs.update(size=TEST_PAIR_SIZE, samples=TEST_SAMPLES, seeds_per_call=TEST_SAMPLES)
+        if node["class_type"] == "IP2PCLIPFilter":
+            inputs.update(KEEP_EVERY_PAIR)
         if "steps" in inputs:
             inputs["steps"] = TEST_STEPS
         if "resize" in inputs:
@@ -129,21 +151,50 @@ def check_sweep(server, entry: dict, prompt: dict, input_size: tuple[int, int]) 
     assert not any(is_flat(e) for e in edits)
 
 
+def check_dataset(server, entry: dict, prompt: dict, input_size: tuple[int, int]) -> None:
+    """The first prompt's pairs are written, whole and marked done, and the dataset opens."""
+    from ip2p.datasets.outputs import DONE_FILE
+    from ip2p.datasets.reader import open_dataset
+
+    writer = prompt[node_id_of(prompt, "IP2PDatasetWriter")]["inputs"]
+    (summary,) = entry["outputs"][node_id_of(prompt, "IP2PDatasetWriter")]["text"]
+    assert f"{TEST_SAMPLES} pair(s) of 1 prompt(s) written" in summary
+    root = server.base / "output" / writer["dataset_folder"]
+    assert (root / "0000000" / DONE_FILE).is_file()
+    dataset = open_dataset(root)
+    assert len(dataset) == TEST_SAMPLES
+    assert {example.instruction for example in dataset} == {"make it a dog"}
+    (preview,) = saved_images(server, entry, node_id_of(prompt, "PreviewImage"))
+    assert preview.height == grid.LABEL_HEIGHT + TEST_SAMPLES * TEST_PAIR_SIZE
+    assert not is_flat(preview)
+
+
+def check_tradeoff(server, entry: dict, prompt: dict, input_size: tuple[int, int]) -> None:
+    plot_node = prompt[node_id_of(prompt, "IP2PTradeoffPlot")]["inputs"]
+    sweep = len(grid.parse_scales(plot_node["image_cfg_values"], "image_cfg_values"))
+    (figure,) = saved_images(server, entry, node_id_of(prompt, "SaveImage"))
+    assert figure.size == (768, 512) and not is_flat(figure)
+    edits = saved_images(server, entry, node_id_of(prompt, "PreviewImage"))
+    assert [e.size for e in edits] == [edit_size(input_size)] * sweep
+
+
 EXPECTED_OUTPUTS = {
     "ip2p_basic_edit": check_single_edit,
     "ip2p_custom_sampler": check_single_edit,
+    "ip2p_dataset_builder": check_dataset,
     "ip2p_guidance_sweep": check_sweep,
+    "ip2p_tradeoff_plot": check_tradeoff,
 }
 
 
 @pytest.fixture(scope="session")
-def run_workflow(server, models: dict[str, str], input_image: tuple[str, tuple[int, int]]):
+def run_workflow(server, models: dict[str, str], input_image: tuple[str, tuple[int, int]], prompts_file: str):
     """Runs an API workflow once per session (tests share the result): (history entry, posted prompt)."""
     results: dict[str, tuple[dict, dict]] = {}
 
     def run(path: Path) -> tuple[dict, dict]:
         if path.name not in results:
-            prompt = for_test(load_json(path), models["ip2p"], input_image[0])
+            prompt = for_test(load_json(path), models, input_image[0], prompts_file)
             results[path.name] = (server.run(prompt), prompt)
         return results[path.name]
 
@@ -316,6 +367,26 @@ def test_diffusers_folder_edits_exactly_like_the_same_single_file(
     assert from_folder.tobytes() == from_file.tobytes()
 
 
+def test_queueing_the_dataset_builder_again_skips_the_done_prompt_and_the_next_index_writes_the_next(
+    server, run_workflow
+) -> None:
+    entry, prompt = run_workflow(WORKFLOWS_DIR / "ip2p_dataset_builder.api.json")
+    assert_succeeded(entry)
+    writer_id, source_id = node_id_of(prompt, "IP2PDatasetWriter"), node_id_of(prompt, "IP2PPromptSource")
+    again = copy.deepcopy(prompt)
+    again[node_id_of(again, "IP2PPairGenerator")]["inputs"]["steps"] = TEST_STEPS + 1  # not served from the cache
+    (summary,) = server.run(again)["outputs"][writer_id]["text"]
+    assert "0 pair(s) of 0 prompt(s) written, 1 prompt(s) already done" in summary
+    following = copy.deepcopy(prompt)
+    following[source_id]["inputs"]["index"] = 1  # what control_after_generate "increment" queues next
+    entry = server.run(following)
+    assert_succeeded(entry)
+    (summary,) = entry["outputs"][writer_id]["text"]
+    assert f"{TEST_SAMPLES} pair(s) of 1 prompt(s) written" in summary
+    root = server.base / "output" / prompt[writer_id]["inputs"]["dataset_folder"]
+    assert json.loads((root / "0000001" / "prompt.json").read_text())["edit"] == "make it winter"
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 
@@ -324,7 +395,7 @@ def test_diffusers_folder_edits_exactly_like_the_same_single_file(
 def test_unknown_sampler_or_scheduler_is_rejected_before_execution(
     server, models: dict[str, str], input_image: tuple[str, tuple[int, int]], name: str
 ) -> None:
-    prompt = for_test(load_json(WORKFLOWS_DIR / "ip2p_basic_edit.api.json"), models["ip2p"], input_image[0])
+    prompt = for_test(load_json(WORKFLOWS_DIR / "ip2p_basic_edit.api.json"), models, input_image[0])
     sampler_id = node_id_of(prompt, "IP2PKSampler")
     prompt[sampler_id]["inputs"][name] = "no_such_" + name
     response = server.queue(prompt)
@@ -337,7 +408,8 @@ def test_unknown_sampler_or_scheduler_is_rejected_before_execution(
 def test_four_channel_checkpoint_is_refused_as_not_instructpix2pix(
     server, models: dict[str, str], input_image: tuple[str, tuple[int, int]]
 ) -> None:
-    prompt = for_test(load_json(WORKFLOWS_DIR / "ip2p_basic_edit.api.json"), models["base"], input_image[0])
+    prompt = for_test(load_json(WORKFLOWS_DIR / "ip2p_basic_edit.api.json"), models, input_image[0])
+    prompt[node_id_of(prompt, "IP2PCheckpointLoader")]["inputs"]["ckpt_name"] = models["base"]
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "error"
     error = execution_error(entry)
