@@ -157,8 +157,8 @@ class IP2PCLIPFilter:
         return {
             "required": {
                 "clip_scorer": (SCORER, {"tooltip": "From 'InstructPix2Pix CLIP Scorer Loader'."}),
-                "input_images": ("IMAGE",),
-                "edited_images": ("IMAGE",),
+                "input_images": ("IMAGE", {"tooltip": "The pairs' input images."}),
+                "edited_images": ("IMAGE", {"tooltip": "The pairs' edited images, same order."}),
                 "min_sim_0": threshold(thresholds.sim_0, "Minimum input image ↔ input caption similarity."),
                 "min_sim_1": threshold(thresholds.sim_1, "Minimum edited image ↔ edited caption similarity."),
                 "min_sim_dir": threshold(thresholds.sim_dir, "Minimum directional similarity."),

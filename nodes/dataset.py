@@ -85,8 +85,8 @@ class IP2PDatasetWriter:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "input_images": ("IMAGE",),
-                "edited_images": ("IMAGE",),
+                "input_images": ("IMAGE", {"tooltip": "The pairs' input images."}),
+                "edited_images": ("IMAGE", {"tooltip": "The pairs' edited images, same order."}),
                 "dataset_folder": (
                     "STRING",
                     {"default": "ip2p_dataset", "tooltip": "Absolute, or relative to ComfyUI's output folder."},

@@ -63,7 +63,10 @@ class IP2PPromptSource:
                     "STRING",
                     {"default": "prompts.jsonl", "tooltip": "Absolute path, or relative to ComfyUI's input folder."},
                 ),
-                "mode": ([ONE_PER_RUN, ALL], {"default": ONE_PER_RUN}),
+                "mode": (
+                    [ONE_PER_RUN, ALL],
+                    {"default": ONE_PER_RUN, "tooltip": "One triple per queued run (at index), or all at once."},
+                ),
                 "index": (
                     "INT",
                     {
