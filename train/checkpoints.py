@@ -1,9 +1,10 @@
 """The run folder: which checkpoints are complete, which one to resume, which to delete, metrics on disk.
 
 A checkpoint is ``checkpoints/step-N/``: accelerate's ``save_state`` (model, optimizer, scheduler,
-RNG states, EMA), the resolved ``config.yaml``, ``trainer_state.json``, and a ``complete`` marker
-written last. A folder without the marker (a save cut short) is never resumed and never counted
-by the total limit; the next save of the same step replaces it.
+RNG states, EMA; a LoRA run's model file holds the trainable parameters only), the resolved
+``config.yaml``, ``trainer_state.json``, and a ``complete`` marker written last. A folder without
+the marker (a save cut short) is never resumed and never counted by the total limit; the next save
+of the same step replaces it.
 """
 
 from __future__ import annotations
@@ -100,10 +101,27 @@ def read_processes(checkpoint: Path) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def finish(checkpoint: Path, step: int, config_yaml: str, processes: int = 1) -> None:
-    """Write the config, the trainer state and, last, the ``complete`` marker."""
+def read_base_model_hash(checkpoint: Path) -> str | None:
+    """The base a LoRA checkpoint's adapters were trained on (None: a full fine-tuning checkpoint)."""
+    try:
+        value = json.loads((checkpoint / STATE).read_text(encoding="utf-8")).get("base_model_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def finish(
+    checkpoint: Path, step: int, config_yaml: str, processes: int = 1, base_model_hash: str | None = None
+) -> None:
+    """Write the config, the trainer state and, last, the ``complete`` marker.
+
+    ``base_model_hash``: a LoRA run's checkpoint holds the adapters only, so the base they sit on is recorded.
+    """
     write_text_atomic(checkpoint / CONFIG, config_yaml)
-    write_text_atomic(checkpoint / STATE, json.dumps({"step": step, "processes": processes}) + "\n")
+    state = {"step": step, "processes": processes}
+    if base_model_hash is not None:
+        state["base_model_hash"] = base_model_hash
+    write_text_atomic(checkpoint / STATE, json.dumps(state) + "\n")
     write_text_atomic(checkpoint / COMPLETE, f"step {step}\n")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +25,7 @@ from ip2p.errors import IP2PError
 from ip2p.training import check_dropout_rates
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+CONV_IN_MODES = ("off", "lora", "full")
 
 
 @dataclass
@@ -125,6 +127,19 @@ class ExportConfig:
 
 
 @dataclass
+class LoRAConfig:
+    # LoRA rank on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of attn1 and attn2);
+    # 0 = full fine-tuning of the whole UNet. A LoRA run needs an InstructPix2Pix (8-channel) base.
+    rank: int = 0
+    # LoRA alpha: the update is scaled by alpha / rank; null = rank (scale 1).
+    alpha: float | None = None
+    # conv_in (the 8-channel input layer): "off" frozen (default: the adapter is attention-only, like
+    # the usual SD 1.5 LoRAs, and reads the input image as the base does), "lora" a LoRA of the same
+    # rank, "full" trained whole (23 k weights; the file stores their difference).
+    conv_in: str = "off"
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,6 +149,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     # The run folder: config.yaml, metrics.jsonl, checkpoints/, export/.
     output_dir: str = "runs/ip2p"
     # Samples per process per micro-batch (global batch = batch_size x processes x accumulation steps).
@@ -217,6 +233,24 @@ def _is_dict_type(kind: Any) -> bool:
     return typing.get_origin(kind) is dict or kind is dict
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false. PyYAML follows YAML 1.1, where off, no, on and
+    yes are booleans too, so ``lora.conv_in=off`` would arrive as False instead of the text "off"."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: plain data only
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=5e-5"`` -> ``("optim.lr", 5e-05)`` (the value parsed as a YAML scalar or flow list)."""
     key, sep, raw = text.partition("=")
@@ -224,7 +258,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise IP2PError(f"Override {text!r} is not key=value; write e.g. data.path=/data/ip2p or max_steps=40.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise IP2PError(f"Override {text!r}: the value is not valid YAML ({exc.problem}). Quote it.") from exc
     return key, value
@@ -342,11 +376,26 @@ def validate(config: TrainConfig) -> TrainConfig:
     if limit is not None and limit < 1:
         raise IP2PError(f"checkpoints.total_limit is {limit}; give 1 or more, or null to keep every checkpoint.")
     _check_validation(config.validation)
+    _check_lora(config.lora)
     if config.data.columns:
         from ip2p.datasets.reader import resolve_columns
 
         resolve_columns(config.data.columns)
     return config
+
+
+def _check_lora(lora: LoRAConfig) -> None:
+    if lora.rank < 0:
+        raise IP2PError(f"lora.rank is {lora.rank}; give 0 (full fine-tuning) or a LoRA rank such as 16.")
+    if lora.conv_in not in CONV_IN_MODES:
+        raise IP2PError(f"lora.conv_in is {lora.conv_in!r}; choose one of {', '.join(CONV_IN_MODES)}.")
+    if lora.rank == 0 and (lora.conv_in != "off" or lora.alpha is not None):
+        raise IP2PError(
+            "lora.conv_in / lora.alpha are set but lora.rank is 0 (full fine-tuning trains every weight). Set "
+            "lora.rank (e.g. lora.rank=16) for a LoRA run, or leave lora.conv_in=off and lora.alpha=null."
+        )
+    if lora.alpha is not None and not lora.alpha > 0:
+        raise IP2PError(f"lora.alpha is {lora.alpha}; give a positive number, or null for alpha = rank.")
 
 
 def _check_validation(v: ValidationConfig) -> None:
@@ -429,7 +478,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     """The resolved config: a YAML file (or a shipped config's name), then ``key=value`` overrides."""
     text, where = read_config_text(name_or_path)
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise IP2PError(f"{where} is not valid YAML: {exc}. Fix the file.") from exc
     return config_from_dict(data, where, overrides)
@@ -447,7 +496,7 @@ def read_saved_config(path: str | Path) -> TrainConfig:
     """A run's or a checkpoint's ``config.yaml``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise IP2PError(f"{path} is not valid YAML ({exc}); the run folder is damaged.") from exc
     return config_from_dict(data, str(path))

@@ -26,14 +26,16 @@ from ip2p.errors import IP2PError
 from ip2p.training import apply_dropout, diffusion_draws, dropout_masks, min_snr_weights
 
 from . import checkpoints as ckpt
+from . import lora
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
-from .model import EMA, encode_pairs, freeze, load_base, model_for_export
+from .model import EMA, encode_pairs, freeze, load_base, model_for_export, trained_state
 from .validation import log_grid, log_scalars, make_validator, open_tensorboard
 
 logger = logging.getLogger("ip2p.train")
 
 EXPORT = "export"
+ADAPTER = "lora.safetensors"  # a LoRA run's export
 
 
 def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
@@ -129,7 +131,7 @@ class Trainer:
         )
         self.validator = make_validator(c, dataset)  # reads its images now: a bad one stops the run before it writes
 
-        model = load_base(c.model.base, c.seed)
+        model = load_base(c.model.base, c.seed, widen=not c.lora.rank)
         self.model = model
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         for frozen in (model.vae, model.text_encoder):
@@ -138,11 +140,20 @@ class Trainer:
                 frozen.to(dtype=weight_dtype)
         unet = model.unet.to(acc.device)
         unet.requires_grad_(True).train()
+        self.base_conv_in = None
+        if c.lora.rank:
+            if c.lora.conv_in == "full":  # the base's conv_in, before any resume: the adapter stores the difference
+                self.base_conv_in = tuple(
+                    p.detach().float().cpu().clone() for p in (unet.conv_in.weight, unet.conv_in.bias)
+                )
+            wrapped = lora.add_lora(unet, c.lora.rank, c.lora.alpha, c.lora.conv_in)
+            logger.info("LoRA rank %d on %d layers (conv_in: %s)", c.lora.rank, len(wrapped), c.lora.conv_in)
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+        # The EMA and the optimizer hold the trainable parameters only (a LoRA run: the adapters).
         self.ema = EMA(unet, c.ema.decay, c.ema.warmup) if c.ema.enabled else None  # after widening: widened too
         optimizer = torch.optim.AdamW(
-            unet.parameters(),
+            [p for p in unet.parameters() if p.requires_grad],
             lr=c.optim.lr,
             betas=tuple(c.optim.betas),
             weight_decay=c.optim.weight_decay,
@@ -152,6 +163,8 @@ class Trainer:
         # The LR schedule is stepped once per optimizer step by us, not by accelerate (which steps it once
         # per process), so warm-up counts optimizer steps whatever the process count.
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        if c.lora.rank:
+            lora.checkpoint_trainable_only(acc)
         self.lr_scheduler = scheduler
         acc.register_for_checkpointing(scheduler)
         if self.ema is not None:
@@ -340,7 +353,8 @@ class Trainer:
         acc.save_state(str(path))
         acc.wait_for_everyone()  # every process's own files (its RNG state) are written before `complete` is
         if acc.is_main_process:
-            ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes)
+            base_hash = self.model.model_hash if self.config.lora.rank else None
+            ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes, base_hash)
             ckpt.prune(self.out, self.config.checkpoints.total_limit)
             self.export()
             logger.info("Saved %s and %s", path, self.out / EXPORT)
@@ -355,14 +369,32 @@ class Trainer:
                 f"{checkpoint} was written by {processes} processes; this run has {now}. Resume with "
                 f"{processes} processes and the same batch_size, or start a new run in a new output_dir."
             )
-        self.accelerator.load_state(str(checkpoint))
+        if self.config.lora.rank:
+            self._check_lora_base(checkpoint)
+            self.accelerator.load_state(str(checkpoint), strict=False)  # the adapters only: the hook checked them
+        else:
+            self.accelerator.load_state(str(checkpoint))
         self.step = ckpt.read_step(checkpoint)
         logger.info("Resuming from %s (step %d)", checkpoint, self.step)
 
+    def _check_lora_base(self, checkpoint: Path) -> None:
+        """A LoRA checkpoint holds the adapters only: they resume on the very base they were trained on."""
+        saved = ckpt.read_base_model_hash(checkpoint)
+        if saved is not None and saved != self.model.model_hash:
+            raise IP2PError(
+                f"{checkpoint} holds LoRA adapters trained on a base with hash {saved}, but model.base="
+                f"{self.config.model.base} now has hash {self.model.model_hash}. Put the original base back "
+                f"at that path, or start a new run in a new output_dir."
+            )
+
     def export(self) -> None:
-        """``export/diffusers/`` and ``export/model.safetensors`` (EMA weights when EMA is on), each atomically."""
+        """``export/diffusers/`` and ``export/model.safetensors`` (EMA weights when EMA is on), each atomically;
+        a LoRA run writes only ``export/lora.safetensors``, the adapter in ComfyUI's format."""
         from ip2p.headless.export import save_diffusers, save_single_file
 
+        if self.config.lora.rank:
+            self.export_adapter()
+            return
         exported = model_for_export(self.model, self.accelerator.unwrap_model(self.unet), self.ema)
         save_diffusers(exported, self.out / EXPORT / "diffusers")
         save_single_file(
@@ -370,6 +402,29 @@ class Trainer:
             self.out / EXPORT / "model.safetensors",
             dtype=torch.float16 if self.config.export.fp16 else None,
         )
+
+    def export_adapter(self) -> Path:
+        c = self.config
+        plain, adapters = lora.split_state(
+            self.accelerator.unwrap_model(self.unet), trained_state(self.accelerator.unwrap_model(self.unet), self.ema)
+        )
+        conv_in_diff = None
+        if self.base_conv_in is not None:
+            conv_in_diff = (
+                plain["conv_in.weight"] - self.base_conv_in[0],
+                plain["conv_in.bias"] - self.base_conv_in[1],
+            )
+        metadata = {
+            "rank": str(c.lora.rank),
+            "alpha": str(c.lora.alpha if c.lora.alpha is not None else c.lora.rank),
+            "conv_in": c.lora.conv_in,
+            "base_model": str(c.model.base),
+            "base_model_hash": self.model.model_hash,
+            "step": str(self.step),
+            "ss_network_dim": str(c.lora.rank),  # kohya's names, which LoRA tools read
+            "ss_network_alpha": str(c.lora.alpha if c.lora.alpha is not None else c.lora.rank),
+        }
+        return lora.save_adapter(self.out / EXPORT / ADAPTER, lora.adapter_tensors(adapters, conv_in_diff), metadata)
 
 
 def train(config: TrainConfig, resume: str | None = None, dataset: Sequence | None = None) -> Path:

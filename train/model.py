@@ -13,18 +13,20 @@ from ip2p.headless.components import EditModel
 from ip2p.headless.widen import widen_model
 from ip2p.training import ema_decay
 
+from . import lora
+
 logger = logging.getLogger(__name__)
 
 CONFIG_PREFIX = "config:"
 
 
-def load_base(base: str | None, seed: int = 0) -> EditModel:
+def load_base(base: str | None, seed: int = 0, widen: bool = True) -> EditModel:
     """``model.base`` -> an 8-channel (InstructPix2Pix) model in float32 on the CPU.
 
     ``config:NAME`` builds the named architecture of :mod:`ip2p.headless.random_model` with random
     weights (``config:toy`` with the shipped toy model's pretrained VAE); a path is a diffusers folder
     or a single file of an SD 1.5 model, 4-channel (widened here: pretrained channels copied, new
-    ones zero) or 8-channel (training continues from it).
+    ones zero) or 8-channel (training continues from it). ``widen=False`` (a LoRA run) refuses a 4-channel base.
     """
     if not base:
         raise IP2PError(
@@ -59,6 +61,8 @@ def load_base(base: str | None, seed: int = 0) -> EditModel:
     if model.family.base != "sd15" or model.family.prediction != "epsilon":  # pragma: no cover - loader refuses first
         raise IP2PError(f"model.base={base} is a {model.family.name} model; the trainer trains SD 1.5 models.")
     if not model.family.is_edit_model:
+        if not widen:
+            lora.refuse_widening(base, model.unet.config.in_channels)
         logger.info("Widening %s's conv_in from 4 to 8 input channels (the 4 new ones start at zero)", base)
         widen_model(model)
     return model
@@ -117,18 +121,26 @@ def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to(device="cpu", dtype=torch.float32).eval()
 
 
+def trained_state(unet: torch.nn.Module, ema: EMA | None) -> dict[str, torch.Tensor]:
+    """The UNet's state as float32 CPU tensors, with the EMA's shadows for the trainable parameters."""
+    state = {k: v.detach() for k, v in unet.state_dict().items()}
+    if ema is not None:
+        trainable = [name for name, p in unet.named_parameters() if p.requires_grad]  # the EMA's order
+        state.update(zip(trainable, ema.shadow, strict=True))
+    return {k: v.to(device="cpu", dtype=torch.float32) for k, v in state.items()}  # copies only off-CPU/non-fp32
+
+
 def model_for_export(model: EditModel, unet: torch.nn.Module, ema: EMA | None) -> EditModel:
     """A float32 CPU view of the model to save, with the EMA weights in the UNet when there is an EMA.
 
     Nothing already float32 on the CPU is copied: the exported UNet's parameters are the live weights
     (or the EMA's shadows, separate tensors) assigned to a second module, which is only read, so the
     training modules are never moved or modified and a save adds no UNet-sized copy (SD 1.5: 3.4 GB).
+    A LoRA run's UNet is exported with its adapters merged (only the wrapped weights are new tensors).
     """
-    state = {k: v.detach() for k, v in unet.state_dict().items()}
-    if ema is not None:
-        trainable = [name for name, p in unet.named_parameters() if p.requires_grad]  # the EMA's order
-        state.update(zip(trainable, ema.shadow, strict=True))
-    state = {k: v.to(device="cpu", dtype=torch.float32) for k, v in state.items()}  # copies only off-CPU/non-fp32
+    state = trained_state(unet, ema)
+    if lora.lora_paths(unet):
+        state = lora.merged_state(*lora.split_state(unet, state))
     exported_unet = _empty_like(unet)
     exported_unet.load_state_dict(state, strict=True, assign=True)
     exported = copy.copy(model)

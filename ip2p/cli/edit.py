@@ -16,6 +16,7 @@ from .. import __version__, devices, guidance, sizing
 from ..errors import IP2PError
 from ..formats.atomic import require_writable
 from ..headless import schedulers
+from . import lora
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
+    lora.add_lora_options(p)
     p.set_defaults(handler=run)
 
 
@@ -304,11 +306,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..headless.editor import NonFiniteEditError, edit
     from ..headless.loading import load_edit_model
+    from ..headless.lora import apply_loras
     from ..images import load_image, save_png
 
     if settings.is_empty:
         logger.warning("The instruction is empty: the images are written unchanged.")
     model = load_edit_model(args.model, require_edit=True, device=str(device), dtype=dtype)
+    applied_loras = apply_loras(model, lora.adapters(args))
     settings = working_settings(settings, model)
     # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
@@ -326,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
                 raise IP2PError(f"{failed}: {exc} The run stopped there; {kept}.") from exc
             for row, index in enumerate(chunk):
                 metadata = edit_metadata(settings, model, inputs[index], len(chunk), row)
+                if applied_loras:
+                    metadata["loras"] = applied_loras
                 save_png(edited[row], targets[index], metadata)
                 written += 1
                 logger.info("Wrote %s", targets[index])

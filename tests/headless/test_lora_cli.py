@@ -1,0 +1,122 @@
+"""LoRA adapters in the headless backend: ``ip2p edit --lora`` and ``ip2p lora merge``, and their refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ip2p_train import lora as train_lora
+from PIL import Image
+from safetensors.torch import save_file
+
+from ip2p.cli.main import main
+from ip2p.headless.loading import load_edit_model
+from ip2p.headless.random_model import build_random_model
+
+EDIT = ["--instruction", "make it red", "--steps", "2", "--resize", "keep", "--sampler", "euler", "-q"]
+
+
+def _adapter_tensors(conv_in: str = "lora", seed: int = 1) -> dict[str, torch.Tensor]:
+    """A rank-2 adapter for the tiny model with random, non-zero up weights (as if trained)."""
+    unet = build_random_model("tiny", in_channels=8, seed=0).unet
+    train_lora.add_lora(unet, rank=2, alpha=2.0, conv_in=conv_in)
+    generator = torch.Generator().manual_seed(seed)
+    for module in unet.modules():
+        if isinstance(module, train_lora.LORA_LAYERS):
+            with torch.no_grad():
+                module.lora_up.weight.normal_(0, 0.2, generator=generator)
+    _, adapters = train_lora.split_state(unet, dict(unet.state_dict()))
+    return train_lora.adapter_tensors(adapters, None)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "adapter.safetensors"
+    return train_lora.save_adapter(path, _adapter_tensors(), {"rank": "2"})
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("image") / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _edit(model, image, out, *extra) -> np.ndarray:
+    assert main(["edit", "--model", str(model), "--image", str(image), "--out", str(out), *EDIT, *extra]) == 0
+    return np.asarray(Image.open(out), dtype=np.int16)
+
+
+def test_edit_with_a_lora_equals_edit_with_the_merged_model(tiny_single_file, adapter, image, tmp_path):
+    merged = tmp_path / "merged.safetensors"
+    argv = ["lora", "merge", "--model", str(tiny_single_file), "--lora", str(adapter), "--out", str(merged), "-q"]
+    assert main(argv) == 0
+    with_lora = _edit(tiny_single_file, image, tmp_path / "a.png", "--lora", str(adapter))
+    from_merged = _edit(merged, image, tmp_path / "b.png")
+    base = _edit(tiny_single_file, image, tmp_path / "c.png")
+    assert np.abs(with_lora - from_merged).max() <= 1
+    assert np.abs(with_lora - base).max() > 10  # the adapter does change the edit
+
+
+def test_a_lora_at_strength_zero_changes_nothing(tiny_single_file, adapter, image, tmp_path):
+    off = _edit(tiny_single_file, image, tmp_path / "a.png", "--lora", str(adapter), "--lora-strength", "0")
+    assert np.array_equal(off, _edit(tiny_single_file, image, tmp_path / "b.png"))
+
+
+def test_each_lora_strength_applies_to_the_lora_before_it(tiny_single_file, adapter):
+    from ip2p.cli.edit import parse_arguments
+    from ip2p.cli.lora import adapters
+
+    args = parse_arguments(["--model", "m", "--image", "i", "--instruction", "x", "--out", "o",
+                            "--lora", "a", "--lora-strength", "0.5", "--lora", "b"])  # fmt: skip
+    assert adapters(args) == [("a", 0.5), ("b", 1.0)]
+
+
+def test_two_loras_add_up(tiny_single_file, adapter, tmp_path):
+    from ip2p.headless.lora import apply_loras
+
+    once = load_edit_model(tiny_single_file)
+    apply_loras(once, [(adapter, 1.0)])
+    twice = load_edit_model(tiny_single_file)
+    apply_loras(twice, [(adapter, 0.25), (adapter, 0.75)])
+    for key, value in once.unet.state_dict().items():
+        torch.testing.assert_close(twice.unet.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _refused(argv, capsys) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_adapter_keys_that_match_nothing_are_refused_by_name(tiny_single_file, image, tmp_path, capsys):
+    tensors = _adapter_tensors()
+    tensors["lora_unet_no_such_layer.lora_down.weight"] = torch.zeros(2, 4)
+    tensors["lora_unet_no_such_layer.lora_up.weight"] = torch.zeros(4, 2)
+    save_file(tensors, tmp_path / "bad.safetensors")
+    err = _refused(["edit", "--model", str(tiny_single_file), "--image", str(image), "--out", str(tmp_path / "o.png"),
+                    *EDIT, "--lora", str(tmp_path / "bad.safetensors")], capsys)  # fmt: skip
+    assert "match no weight" in err and "lora_unet_no_such_layer.lora_down.weight" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_an_adapter_of_another_shape_is_refused(tiny_single_file, tmp_path, capsys):
+    tensors = _adapter_tensors()
+    key = next(k for k in tensors if k.endswith("to_q.lora_down.weight"))
+    tensors[key] = torch.zeros(2, tensors[key].shape[1] + 1)
+    save_file(tensors, tmp_path / "bad.safetensors")
+    argv = ["lora", "merge", "--model", str(tiny_single_file), "--lora", str(tmp_path / "bad.safetensors"),
+            "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
+    err = _refused(argv, capsys)
+    assert "has shape" in err and "another architecture" in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_peft_format_adapter_is_refused_naming_the_expected_format(tiny_single_file, tmp_path, capsys):
+    peft = {
+        "base_model.model.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 32)
+    }
+    save_file(peft, tmp_path / "peft.safetensors")
+    argv = ["lora", "merge", "--model", str(tiny_single_file), "--lora", str(tmp_path / "peft.safetensors"),
+            "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
+    err = _refused(argv, capsys)
+    assert "PEFT" in err and "lora_unet_" in err and ".lora_down.weight" in err
