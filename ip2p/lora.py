@@ -120,9 +120,14 @@ def adapter_deltas(
     unmatched += [k for k in adapter if k not in used and k not in unmatched and not k.endswith(ALPHA)]
     unmatched += [k for k in adapter if k.endswith(ALPHA) and k.removesuffix(ALPHA) + DOWN not in adapter]
     if unmatched:
+        text_encoder = any(k.startswith("lora_te") for k in unmatched)
         raise IP2PError(
             f"{source}: {len(unmatched)} key(s) match no weight of this UNet, e.g. {', '.join(sorted(unmatched)[:3])}. "
-            f"Expected {EXPECTED_FORMAT} for an SD 1.5 UNet; the adapter may be for another architecture."
+            + (
+                "Text-encoder LoRA keys (lora_te_*) are not applied headless; use the adapter in ComfyUI's LoraLoader."
+                if text_encoder
+                else f"Expected {EXPECTED_FORMAT} for an SD 1.5 UNet; the adapter may be for another architecture."
+            )
         )
     return deltas
 

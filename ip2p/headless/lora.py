@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .. import lora
 from ..errors import IP2PError
 from ..formats import convert
+from ..formats.hashing import model_hash
 from .components import EditModel
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def check_strength(strength: float) -> float:
 
 
 def apply_loras(model: EditModel, adapters: Sequence[tuple[str | os.PathLike, float]]) -> list[dict]:
-    """Merge each ``(adapter file, strength)`` into ``model.unet``'s weights, in order; returns what was applied.
+    """Merge each ``(adapter file, strength)`` into ``model.unet``'s weights, in order; returns what was applied
+    (file name, hash and strength: what an edit's metadata records to be reproducible).
 
     Every adapter is read and checked against the UNet before any weight changes, so a refused
     adapter leaves the model as it was.
@@ -49,5 +51,5 @@ def apply_loras(model: EditModel, adapters: Sequence[tuple[str | os.PathLike, fl
         if base and base != model.model_hash:
             logger.warning("LoRA %s was trained on base %s; this model is %s", path, base, model.model_hash)
         logger.info("Merged LoRA %s at strength %g (%d weights)", path, strength, len(deltas))
-        applied.append({"file": os.path.basename(str(path)), "strength": strength})
+        applied.append({"file": os.path.basename(str(path)), "hash": model_hash(path), "strength": strength})
     return applied

@@ -63,6 +63,15 @@ def test_a_lora_at_strength_zero_changes_nothing(tiny_single_file, adapter, imag
     assert np.array_equal(off, _edit(tiny_single_file, image, tmp_path / "b.png"))
 
 
+def test_an_edit_with_a_lora_records_the_adapter_in_its_png(tiny_single_file, adapter, image, tmp_path):
+    from ip2p.formats.hashing import model_hash
+    from ip2p.images import read_metadata
+
+    _edit(tiny_single_file, image, tmp_path / "a.png", "--lora", str(adapter), "--lora-strength", "0.5")
+    expected = {"file": adapter.name, "hash": model_hash(adapter), "strength": 0.5}
+    assert read_metadata(tmp_path / "a.png")["loras"] == [expected]
+
+
 def test_each_lora_strength_applies_to_the_lora_before_it(tiny_single_file, adapter):
     from ip2p.cli.edit import parse_arguments
     from ip2p.cli.lora import adapters
@@ -97,6 +106,16 @@ def test_adapter_keys_that_match_nothing_are_refused_by_name(tiny_single_file, i
                     *EDIT, "--lora", str(tmp_path / "bad.safetensors")], capsys)  # fmt: skip
     assert "match no weight" in err and "lora_unet_no_such_layer.lora_down.weight" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_adapter_with_text_encoder_keys_is_refused_saying_comfyui_applies_them(tiny_single_file, tmp_path, capsys):
+    tensors = _adapter_tensors()
+    tensors["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.zeros(2, 32)
+    save_file(tensors, tmp_path / "te.safetensors")
+    argv = ["lora", "merge", "--model", str(tiny_single_file), "--lora", str(tmp_path / "te.safetensors"),
+            "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
+    err = _refused(argv, capsys)
+    assert "lora_te_" in err and "LoraLoader" in err
 
 
 def test_an_adapter_of_another_shape_is_refused(tiny_single_file, tmp_path, capsys):
