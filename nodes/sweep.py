@@ -20,6 +20,29 @@ from .inputs import (
 from .sampler import sample_edit
 
 
+def sweep_cells(text_cfg_values: str, image_cfg_values: str) -> tuple[list[float], list[float], list[Guidance]]:
+    """The two value lists and one Guidance per (text_cfg, image_cfg), row-major; every cell is checked
+    before the first edit starts."""
+    text_values = grid.parse_scales(text_cfg_values, "text_cfg_values")
+    image_values = grid.parse_scales(image_cfg_values, "image_cfg_values")
+    return text_values, image_values, [Guidance(t, i) for t in text_values for i in image_values]
+
+
+def edit_each(model, vae, latent, positive, negative, cells: list[Guidance], *, seed, steps, sampler_name, scheduler):
+    """(guidance, BHWC edit) for each cell in turn, same seed, with progress and interruption between cells."""
+    bar = host.progress_bar(len(cells))
+    for guidance in cells:
+        host.throw_if_interrupted()
+        samples = sample_edit(
+            model, latent, positive, negative, guidance, seed=seed, steps=steps, sampler_name=sampler_name,
+            scheduler=scheduler, denoise=1.0,
+        )  # fmt: skip
+        with torch.no_grad():
+            edited = vae.decode(samples)[..., :3]
+        yield guidance, edited
+        bar.update(1)
+
+
 class IP2PGuidanceSweep:
     NODE_ID = "IP2PGuidanceSweep"
     DISPLAY_NAME = "InstructPix2Pix Guidance Sweep"
@@ -58,23 +81,16 @@ class IP2PGuidanceSweep:
     def execute(cls, model, vae, image, instruction, negative, seed, steps, text_cfg_values, image_cfg_values,
                 sampler_name, scheduler, resize, max_side, clip=None, positive=None, negative_conditioning=None):  # fmt: skip
         host.require_ip2p_model(model)
-        text_values = grid.parse_scales(text_cfg_values, "text_cfg_values")
-        image_values = grid.parse_scales(image_cfg_values, "image_cfg_values")
-        # Every cell's scales are checked before the first edit starts.
-        cells = [Guidance(text_cfg, image_cfg) for text_cfg in text_values for image_cfg in image_values]
+        text_values, image_values, cells = sweep_cells(text_cfg_values, image_cfg_values)
         latent = image_latent(vae, image, resize, max_side)  # once for every cell
         positive, negative_cond = resolve_conditioning(clip, instruction, negative, positive, negative_conditioning)
-        bar = host.progress_bar(len(cells))
-        edits = []  # [cell][batch] → BHWC
-        for guidance in cells:
-            host.throw_if_interrupted()
-            samples = sample_edit(
-                model, latent, positive, negative_cond, guidance, seed=seed, steps=steps, sampler_name=sampler_name,
-                scheduler=scheduler, denoise=1.0,
-            )  # fmt: skip
-            with torch.no_grad():
-                edits.append(vae.decode(samples)[..., :3])
-            bar.update(1)
+        edits = [  # [cell][batch] → BHWC
+            edited
+            for _, edited in edit_each(
+                model, vae, latent, positive, negative_cond, cells, seed=seed, steps=steps, sampler_name=sampler_name,
+                scheduler=scheduler,
+            )
+        ]  # fmt: skip
         per_image = torch.stack(edits, dim=1)  # (batch, cells, H, W, C)
         rows = [f"text_cfg {v:g}" for v in text_values]
         cols = [f"image_cfg {v:g}" for v in image_values]

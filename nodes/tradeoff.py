@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ip2p import grid, plot
-from ..ip2p.guidance import Guidance
+from ..ip2p import plot
 from . import host
 from .clip import SCORER, typed_pairs
 from .conditioning import image_latent, image_to_working_size, resolve_conditioning
 from .inputs import CATEGORY, MODEL_IMAGE_INPUTS, OPTIONAL_COND_INPUTS, RESIZE_INPUTS, SAMPLING_INPUTS, sampler_inputs
-from .sampler import sample_edit
+from .sweep import edit_each, sweep_cells
 
 
 class IP2PTradeoffPlot:
@@ -60,24 +59,17 @@ class IP2PTradeoffPlot:
                 negative_conditioning=None):  # fmt: skip
         host.require_ip2p_model(model)
         typed_pairs(1, input_caption, instruction, edited_caption)  # the captions, checked as the filter checks them
-        text_values = grid.parse_scales(text_cfg_values, "text_cfg_values")
-        image_values = grid.parse_scales(image_cfg_values, "image_cfg_values")
-        cells = [Guidance(t, i) for t in text_values for i in image_values]
+        _, _, cells = sweep_cells(text_cfg_values, image_cfg_values)
         working = image_to_working_size(image, resize, max_side)[..., :3]
         latent = image_latent(vae, image, resize, max_side)
         positive, negative_cond = resolve_conditioning(clip, instruction, "", positive, negative_conditioning)
         batch = image.shape[0]
         captions0, captions1 = [input_caption] * batch, [edited_caption] * batch
-        bar = host.progress_bar(len(cells))
         points, edits = [], []
-        for guidance in cells:
-            host.throw_if_interrupted()
-            samples = sample_edit(
-                model, latent, positive, negative_cond, guidance, seed=seed, steps=steps, sampler_name=sampler_name,
-                scheduler=scheduler, denoise=1.0,
-            )  # fmt: skip
-            with torch.no_grad():
-                edited = vae.decode(samples)[..., :3]
+        for guidance, edited in edit_each(
+            model, vae, latent, positive, negative_cond, cells, seed=seed, steps=steps, sampler_name=sampler_name,
+            scheduler=scheduler,
+        ):  # fmt: skip
             scores = clip_scorer.score(working, edited, captions0, captions1)
             points.append(
                 plot.TradeoffPoint(
@@ -88,7 +80,6 @@ class IP2PTradeoffPlot:
                 )
             )
             edits.append(edited)
-            bar.update(1)
         figure = plot.tradeoff_plot(points, title=f"{instruction.strip()} ({batch} image(s), seed {seed})")
         pixels = torch.from_numpy(np.asarray(figure, dtype=np.float32) / 255.0).unsqueeze(0)
         lines = [
