@@ -121,6 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="seeds per UNet call (figures 1-4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="weights and sampling dtype of figures 1-3 (default float32; on a GPU: bfloat16)",
+    )
     p.add_argument("--figures", default="1,2,3,4", help="comma-separated figures to run (default: 1,2,3,4)")
     p.add_argument(
         "--community",
@@ -356,7 +362,9 @@ def memory_worker(params: dict) -> dict:
     from ip2p.headless.loading import load_edit_model
 
     device, side = params["device"], params["side"]
-    model = load_edit_model(params["model_dir"], require_edit=False, device=device)
+    model = load_edit_model(
+        params["model_dir"], require_edit=False, device=device, dtype=_workers.torch_dtype(params["dtype"])
+    )
     pipe = community_pipeline(Path(params["community"]), model) if side == "community" else None
     run = make_sides(model, params["size"], [params["seed"]], pipe)[side]
     with torch.no_grad():
@@ -504,6 +512,7 @@ def community_memory_record(model_dir: Path, args: argparse.Namespace, settings:
             "steps": args.steps,
             "seed": 0,
             "device": args.device,
+            "dtype": args.dtype,
         }
         try:
             results[label] = run_worker("memory", params)
@@ -625,6 +634,7 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "repeats": args.repeats,
         "device": args.device,
+        "dtype": args.dtype,
         "sampler": SAMPLER,
         "scheduler": SCHEDULER,
         "cfg": CFG,
@@ -642,7 +652,7 @@ def main(argv=None) -> int:
             if 4 in figures:  # ComfyUI computes in fp32 on CPU whatever the file holds; fp16 halves the file
                 save_single_file(model, workdir / "model.safetensors", dtype=torch.float16)
             for module in (model.unet, model.vae, model.text_encoder):
-                module.to(args.device)
+                module.to(args.device, _workers.torch_dtype(args.dtype))
             pipe = None
             if 3 in figures:
                 try:

@@ -1,35 +1,43 @@
-"""Trainer benchmark: training speed and peak memory of `ip2p train`, one JSON line per figure on stdout.
+"""Trainer benchmark: `ip2p train` side by side with diffusers' InstructPix2Pix script, one JSON line per figure.
 
-Each configuration runs the real command, ``ip2p train sd15 model.base=config:ARCH ...``, in its own
-process, on random weights and on a toy dataset rendered once per benchmark run:
+Both trainers get the same random-weight base model (a 4-channel SD-style diffusers folder that
+each widens to 8 channels), the same toy data (parquet shards with diffusers' default column names)
+and the same settings: AdamW at lr 1e-4 without warm-up, gradient clipping at 1.0, no EMA, no
+gradient checkpointing, conditioning dropout 5 % / 5 % / 5 %, random flip, one process, the chosen
+precision (fp32 on CPU). The sides:
 
-- ``tiny`` at 64 px (the tiny VAE downsamples x2, so larger images only slow it down), and
-- ``sd15``, the full SD 1.5 architecture (860 M-parameter UNet), at 256 px as the paper trains,
+- ``ours``: ``ip2p train sd15 ... data.cache=false`` (the frozen VAE and text encoder run every step,
+  as in diffusers' script);
+- ``cached``: the same with ``data.cache=true`` (latents and embeddings encoded once, before the
+  first step: its time to first step includes filling the cache);
+- ``diffusers``: ``examples/instruct_pix2pix/train_instruct_pix2pix.py`` from a diffusers checkout
+  (``--diffusers-script PATH``; the repository does not vendor it);
+- ``lora``: ours with ``lora.rank`` on an 8-channel base of the same architecture (figure: LoRA ÷
+  full fine-tuning).
 
-each with gradient checkpointing off and on; batch 1, no gradient accumulation, fp32 (the CPU default),
-EMA off (``--ema`` turns it on: +1 UNet copy, 3.4 GB for SD 1.5). Speed is the median of
-metrics.jsonl's ``samples_per_s`` over the steps after the warm-up. Memory is the training process's
-peak RSS twice: up to its last training step (VmHWM read as that step is logged) and for the whole
-command (ru_maxrss, which includes the final checkpoint and export). Another line per architecture
-compares checkpointing on with off, measured in the same benchmark run. The figures measure speed and
-memory only: the weights are random. Progress goes to stderr.
+Every run is its own process (bench/_train_side.py), timed from outside both trainers: a post-hook
+on torch's optimizer step stamps each step, so step time = time between stamps (data loading
+included), samples/s = batch ÷ the median step time after the warm-up steps, time to first step =
+launch to the first stamp, peak memory = peak RSS (and peak allocated GPU memory) at the last timed
+step. The run is then stopped: checkpoint and export times are left out on both sides. Runs
+alternate side by side for ``--repeats`` rounds; a run during which other processes used more than
+``--max-other-cpu`` cores is noisy and left out of the medians when a clean run of that side exists.
 
-    python bench/train.py              # tiny and sd15 (10-15 min on 2 cores, up to ~17.5 GB of RAM)
-    python bench/train.py --quick      # tiny only (about 2 min)
-    python bench/train.py --sd15-steps 5 --tiny-steps 10 --workdir /tmp/bench-train
+    python bench/train.py --diffusers-script ~/diffusers/examples/instruct_pix2pix/train_instruct_pix2pix.py
+    python bench/train.py --arch tiny --repeats 2 --diffusers-script ...           # tiny only, minutes
+    python bench/train.py --arch sd15 --sd15-batch 64 --mixed-precision bf16 --workers 8 ...   # on a GPU
 
-Runs during which other processes used more than --max-other-cpu cores are marked ``noisy`` (they are
-minutes long, so they are not repeated): run the benchmark again on an idle machine.
+The weights are random: the figures measure speed and memory only.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,25 +51,23 @@ from cpu_noise import CpuWindow, wait_for_quiet
 
 logger = logging.getLogger("bench")
 
-CONFIG = "sd15"  # the shipped recipe; the overrides below set the architecture, size and memory options
+HERE = Path(__file__).resolve().parent
 IP2P_MAIN = "import sys; from ip2p.cli.main import main; sys.exit(main())"  # what the `ip2p` command runs
-TOY_PAIRS = 16
-TOY_SIZE = 256
+SIDES = ("ours", "cached", "diffusers", "lora")
+ARCHS = ("tiny", "sd15")
 SEED = 0
-POLL_S = 0.1
+POLL_S = 0.2
+LR = 1e-4
+DROPOUT = 0.05
 
 
 @dataclass(frozen=True)
-class Case:
-    arch: str  # a random_model architecture: model.base=config:ARCH
+class Arch:
+    name: str  # a random_model architecture
     resolution: int
-    steps: int
-    warmup: int
-    checkpointing: bool
-
-    @property
-    def label(self) -> str:
-        return f"{self.arch}_{self.resolution}px_checkpointing_{'on' if self.checkpointing else 'off'}"
+    batch: int
+    steps: int  # timed steps
+    warmup: int  # steps before them, left out
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,115 +78,195 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="the tiny architecture only")
-    parser.add_argument("--tiny-size", type=int, default=64, help="tiny training resolution in px (default 64)")
-    parser.add_argument("--tiny-steps", type=int, default=20, help="tiny optimizer steps per run (default 20)")
-    parser.add_argument("--tiny-warmup", type=int, default=2, help="tiny steps left out of the median (default 2)")
+    parser.add_argument(
+        "--diffusers-script", type=Path, help="diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py"
+    )
+    parser.add_argument("--arch", default="tiny,sd15", help="architectures, of tiny,sd15 (default both)")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"sides to run, of {','.join(SIDES)} (default all)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved runs (default 2)")
+    parser.add_argument("--tiny-size", type=int, default=64, help="tiny training resolution (default 64)")
+    parser.add_argument("--tiny-batch", type=int, default=4, help="tiny batch size (default 4)")
+    parser.add_argument("--tiny-steps", type=int, default=20, help="tiny timed steps (default 20)")
     parser.add_argument("--sd15-size", type=int, default=256, help="SD 1.5 training resolution (default 256)")
-    parser.add_argument("--sd15-steps", type=int, default=3, help="SD 1.5 optimizer steps per run (default 3)")
-    parser.add_argument("--sd15-warmup", type=int, default=1, help="SD 1.5 steps left out of the median (default 1)")
-    parser.add_argument("--batch", type=int, default=1, help="batch_size (default 1, no accumulation)")
-    parser.add_argument("--ema", action="store_true", help="keep the EMA on (the recipe's default; +1 UNet copy)")
+    parser.add_argument("--sd15-batch", type=int, default=1, help="SD 1.5 batch size (default 1)")
+    parser.add_argument("--sd15-steps", type=int, default=4, help="SD 1.5 timed steps (default 4)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps before the timed ones (default 2)")
+    parser.add_argument(
+        "--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="both sides (default no)"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes, both sides (default 0)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="the lora side's rank (default 16)")
+    parser.add_argument("--pairs", type=int, default=32, help="toy pairs in the dataset (default 32)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take (default 1800)")
     parser.add_argument(
         "--max-other-cpu",
         type=float,
         default=0.10,
-        help="mark a run noisy when other processes used more than this many cores meanwhile (default 0.10)",
+        help="a run is noisy when other processes used more cores than this",
     )
     parser.add_argument(
         "--quiet-wait", type=float, default=20.0, help="seconds to wait for a quiet machine before each run"
     )
-    parser.add_argument("--workdir", type=Path, help="keep the dataset and the run logs here (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, help="keep models, data, caches and logs here (default: a temp dir)")
+    parser.add_argument("--build-base", nargs=3, metavar=("ARCH", "CHANNELS", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("tiny_size", "sd15_size"):
-        value = getattr(args, name)
-        if value < 16 or value % 8:
-            parser.error(f"--{name.replace('_', '-')} must be a multiple of 8, at least 16; got {value}")
-    for arch in ("tiny", "sd15"):
-        steps, warmup = getattr(args, f"{arch}_steps"), getattr(args, f"{arch}_warmup")
-        if warmup < 0 or steps <= warmup:
-            parser.error(f"--{arch}-steps must exceed --{arch}-warmup (at least one timed step); got {steps}, {warmup}")
-    if args.batch < 1:
-        parser.error("--batch must be at least 1")
+    if args.build_base:
+        return args
+    args.arch = _choices(parser, "--arch", args.arch, ARCHS)
+    args.sides = _choices(parser, "--sides", args.sides, SIDES)
+    if "diffusers" in args.sides and args.diffusers_script is None:
+        parser.error("the diffusers side needs --diffusers-script PATH (or leave it out: --sides ours,cached,lora)")
+    if args.diffusers_script is not None and not args.diffusers_script.is_file():
+        parser.error(f"--diffusers-script {args.diffusers_script} is not a file")
+    if args.repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be at least 1 (the first step includes start-up work)")
     return args
 
 
-def cases(args: argparse.Namespace) -> list[Case]:
-    archs = ("tiny",) if args.quick else ("tiny", "sd15")
+def _choices(parser, flag: str, text: str, valid: tuple[str, ...]) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [c for c in chosen if c not in valid]
+    if unknown or not chosen:
+        parser.error(f"{flag}: expected names of {','.join(valid)}, got {text!r}")
+    return chosen
+
+
+def archs(args: argparse.Namespace) -> list[Arch]:
     return [
-        Case(
-            arch,
-            getattr(args, f"{arch}_size"),
-            getattr(args, f"{arch}_steps"),
-            getattr(args, f"{arch}_warmup"),
-            checkpointing,
-        )
-        for arch in archs
-        for checkpointing in (False, True)
+        Arch(
+            name,
+            getattr(args, f"{name}_size"),
+            getattr(args, f"{name}_batch"),
+            getattr(args, f"{name}_steps"),
+            args.warmup,
+        )  # fmt: skip
+        for name in args.arch
     ]
 
 
 # --------------------------------------------------------------------------------------------
-# Running `ip2p train`
+# Preparing the model and the data (once per benchmark run, reused from --workdir)
 
 
 class RunError(RuntimeError):
     """A child process failed; the message carries the end of its log."""
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def child_env(workdir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(workdir / "hf-home"),  # diffusers' script caches the parquet's arrow copy here
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def render_dataset(folder: Path, log: Path) -> None:
-    command = [sys.executable, "-c", IP2P_MAIN, "dataset", "toy", "--out", str(folder)]
-    command += ["--count", str(TOY_PAIRS), "--seed", "1", "--size", str(TOY_SIZE), "-q"]
+def run_quietly(command: list[str], log: Path, env: dict[str, str], what: str) -> None:
     with log.open("ab") as handle:
-        code = subprocess.run(command, env=child_env(), stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if code.returncode != 0:
-        raise RunError(f"`ip2p dataset toy` failed:\n{log_tail(log)}")
+        done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RunError(f"{what} failed:\n{log_tail(log)}")
 
 
-def overrides(case: Case, args: argparse.Namespace, data: Path, out: Path) -> dict[str, object]:
-    return {
-        "model.base": f"config:{case.arch}",
-        "data.path": str(data),
-        "data.resolution": case.resolution,
+def build_base(arch: str, channels: int, folder: Path) -> None:
+    """A random-weight model of ``arch`` saved as a diffusers folder (4 channels: a base to widen)."""
+    from ip2p.headless.export import save_diffusers
+    from ip2p.headless.random_model import build_random_model
+
+    save_diffusers(build_random_model(arch, in_channels=channels, seed=SEED), folder)
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Path]:
+    """The toy data as parquet at the largest resolution, and each architecture's bases (4 and 8 channels)."""
+    env, log = child_env(workdir), workdir / "prepare.log"
+    paths: dict[str, Path] = {"data": workdir / "toy-parquet"}
+    if not (paths["data"] / "data").is_dir():
+        paper = workdir / "toy-paper"
+        size = max(a.resolution for a in archs(args))
+        logger.info("rendering %d toy pairs at %d px", args.pairs, size)
+        shutil.rmtree(paper, ignore_errors=True)
+        run_quietly([sys.executable, "-c", IP2P_MAIN, "dataset", "toy", "--out", str(paper), "--count",
+                     str(args.pairs), "--seed", "1", "--size", str(size), "-q"], log, env, "ip2p dataset toy")  # fmt: skip
+        run_quietly([sys.executable, "-c", IP2P_MAIN, "dataset", "convert", str(paper), str(paths["data"]),
+                     "--to", "parquet", "-q"], log, env, "ip2p dataset convert")  # fmt: skip
+    for arch in archs(args):
+        for channels in (4, 8) if "lora" in args.sides else (4,):
+            folder = paths[f"{arch.name}_{channels}"] = workdir / f"base-{arch.name}-{channels}ch"
+            if not (folder / "model_index.json").is_file():
+                logger.info("building the random %s base (%d channels)", arch.name, channels)
+                run_quietly([sys.executable, str(HERE / "train.py"), "--build-base", arch.name, str(channels),
+                             str(folder)], log, env, f"building the {arch.name} base")  # fmt: skip
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+
+
+def ours_command(side: str, arch: Arch, args, paths: dict[str, Path], out: Path) -> list[str]:
+    values: dict[str, object] = {
+        "model.base": str(paths[f"{arch.name}_{8 if side == 'lora' else 4}"]),
+        "data.path": str(paths["data"]),
+        "data.resolution": arch.resolution,
+        "data.flip": 0.5,
+        "data.num_workers": args.workers,
+        "data.cache": side == "cached",
         "output_dir": str(out),
-        "batch_size": args.batch,
+        "batch_size": arch.batch,
         "gradient_accumulation_steps": 1,
-        "max_steps": case.steps,
-        "save_every": case.steps,  # one checkpoint and export, at the end, after the timed steps
-        "mixed_precision": "no",
-        "gradient_checkpointing": case.checkpointing,
-        "ema.enabled": args.ema,
-        "checkpoints.total_limit": 1,
+        "max_steps": 10**6,  # the run is stopped after the timed steps: nothing is saved
+        "save_every": 10**6,
+        "mixed_precision": args.mixed_precision,
+        "gradient_checkpointing": False,
+        "ema.enabled": False,
+        "optim.lr": LR,
+        "optim.warmup_steps": 0,
+        "optim.max_grad_norm": 1.0,
+        "dropout.text": DROPOUT,
+        "dropout.image": DROPOUT,
+        "dropout.both": DROPOUT,
+        "validation.every": 0,
         "seed": SEED,
     }
+    if side == "lora":
+        values["lora.rank"] = args.lora_rank
+    return [
+        "ip2p",
+        "train",
+        "sd15",
+        *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()),
+    ]
 
 
-def override_args(values: dict[str, object]) -> list[str]:
-    """``key=value`` arguments, booleans written as YAML's true / false."""
-    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+def diffusers_command(arch: Arch, args, paths: dict[str, Path], out: Path) -> list[str]:
+    flags = {
+        "--pretrained_model_name_or_path": paths[f"{arch.name}_4"],
+        "--dataset_name": paths["data"],
+        "--resolution": arch.resolution,
+        "--train_batch_size": arch.batch,
+        "--gradient_accumulation_steps": 1,
+        "--max_train_steps": 10**6,
+        "--checkpointing_steps": 10**6,
+        "--learning_rate": LR,
+        "--lr_scheduler": "constant",
+        "--lr_warmup_steps": 0,
+        "--max_grad_norm": 1.0,
+        "--conditioning_dropout_prob": DROPOUT,  # its draw: 5 % text only, 5 % both, 5 % image only
+        "--mixed_precision": args.mixed_precision,
+        "--dataloader_num_workers": args.workers,
+        "--seed": SEED,
+        "--output_dir": out,
+    }
+    return ["script", str(args.diffusers_script), *(str(x) for kv in flags.items() for x in kv), "--random_flip"]
 
 
-def vm_hwm_bytes(pid: int) -> int | None:
-    """A running process's peak RSS so far (Linux /proc), or None."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def read_metrics(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
+def read_stamps(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
@@ -192,39 +278,49 @@ def read_metrics(out: Path) -> list[dict]:
     return records
 
 
-def run_case(case: Case, args: argparse.Namespace, data: Path, workdir: Path) -> dict:
-    """One `ip2p train` process: its metrics, peak RSS (training steps / whole command), wall time, CPU noise."""
-    out = workdir / case.label
-    log = workdir / f"{case.label}.log"
-    values = overrides(case, args, data, out)
-    command = [sys.executable, "-c", IP2P_MAIN, "train", CONFIG, *override_args(values)]
+def run_side(side: str, arch: Arch, args, paths: dict[str, Path], workdir: Path, round_: int) -> dict:
+    """One trainer process, stopped after warm-up + timed steps: its stamps, launch time and CPU noise."""
+    label = f"{arch.name}-{side}-{round_}"
+    out, stamps, log = workdir / "runs" / label, workdir / f"{label}.stamps", workdir / f"{label}.log"
+    shutil.rmtree(out, ignore_errors=True)
+    stamps.unlink(missing_ok=True)
+    side_args = (
+        diffusers_command(arch, args, paths, out) if side == "diffusers" else ours_command(side, arch, args, paths, out)
+    )
+    command = [sys.executable, str(HERE / "_train_side.py"), str(stamps), *side_args]
+    wanted = arch.warmup + arch.steps
     wait_for_quiet(args.max_other_cpu, args.quiet_wait)
     window = CpuWindow()
-    start = time.perf_counter()
-    training_peak = None
+    launched = time.time()
     with log.open("wb") as handle:
-        process = subprocess.Popen(command, env=child_env(), stdout=handle, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
+        process = subprocess.Popen(command, env=child_env(workdir), stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        while process.poll() is None and len(read_stamps(stamps)) < wanted:
+            if time.time() - launched > args.timeout:
                 break
-            if training_peak is None and len(read_metrics(out)) >= case.steps:
-                training_peak = vm_hwm_bytes(process.pid)  # the last step is logged: the save starts now
             time.sleep(POLL_S)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
+        finished_early = process.poll() is not None
+        if not finished_early:
+            os.killpg(process.pid, signal.SIGKILL)  # the timed steps are done: skip the saving
+        process.wait()
     others = window.stop()
-    if process.returncode != 0:
-        raise RunError(f"{case.label}: `ip2p train` exited with {process.returncode}:\n{log_tail(log)}")
-    metrics = read_metrics(out)
-    shutil.rmtree(out, ignore_errors=True)  # SD 1.5: ~14 GB of checkpoint and export
+    records = read_stamps(stamps)[:wanted]
+    shutil.rmtree(out, ignore_errors=True)
+    if len(records) < wanted:
+        reason = f"exited with {process.returncode}" if finished_early else f"timed out after {args.timeout:.0f} s"
+        raise RunError(f"{label}: {reason} after {len(records)} of {wanted} steps:\n{log_tail(log)}")
+    times = [r["time"] for r in records]
+    steps = [b - a for a, b in zip(times[arch.warmup - 1 :], times[arch.warmup :], strict=False)]
+    last = records[-1]
     return {
-        "metrics": metrics,
-        "peak_rss_training_bytes": training_peak,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
-        "wall_seconds": wall,
+        "step_seconds": steps,
+        "samples_per_s": arch.batch / statistics.median(steps),
+        "time_to_first_step_s": times[0] - launched,
+        "peak_rss_bytes": last.get("peak_rss_bytes"),
+        "peak_gpu_bytes": last.get("peak_gpu_bytes"),
         "other_cpu_cores": others,
-        "overrides": values,
+        "noisy": others is not None and others > args.max_other_cpu,
+        "command": " ".join(side_args),
     }
 
 
@@ -232,59 +328,87 @@ def run_case(case: Case, args: argparse.Namespace, data: Path, workdir: Path) ->
 # Figures
 
 
-def gib(value: int | None) -> float | None:
-    return round(value / 1024**3, 2) if value else None
+def gib(value: float | None) -> float | None:
+    return round(value / 1024**3, 3) if value else None
 
 
-def case_record(case: Case, result: dict, args: argparse.Namespace, environment: dict) -> dict:
-    timed = [m["samples_per_s"] for m in result["metrics"][case.warmup :] if m.get("samples_per_s")]
-    speed = statistics.median(timed) if timed else None
-    others = result["other_cpu_cores"]
+def summarize(arch: Arch, side: str, runs: list[dict], args, env: dict) -> dict:
+    """One side's record: medians over its clean runs (over all runs when none is clean)."""
+    clean = [r for r in runs if not r["noisy"]] or runs
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in clean if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
     return {
-        "name": f"train_{case.label}",
-        "value": round(speed, 4) if speed else None,
-        "unit": "samples/s (median over the steps after the warm-up)",
-        "seconds_per_step": round(args.batch / speed, 3) if speed else None,
-        "samples": [round(s, 4) for s in timed],
-        "peak_rss_training_gib": gib(result["peak_rss_training_bytes"]),
-        "peak_rss_whole_run_gib": gib(result["peak_rss_bytes"]),
-        "peak_rss_training_bytes": result["peak_rss_training_bytes"],
-        "peak_rss_bytes": result["peak_rss_bytes"],
-        "wall_seconds": round(result["wall_seconds"], 1),
-        "losses": [round(m["loss"], 5) for m in result["metrics"]],
-        "other_cpu_cores": round(others, 3) if others is not None else None,
-        "noisy": others is not None and others > args.max_other_cpu,
+        "name": f"train_{arch.name}_{side}",
+        "samples_per_s": round(median("samples_per_s"), 4),
+        "seconds_per_step": round(arch.batch / median("samples_per_s"), 4),
+        "time_to_first_step_s": round(median("time_to_first_step_s"), 2),
+        "first_run_time_to_first_step_s": round(runs[0]["time_to_first_step_s"], 2),
+        "peak_rss_gib": gib(median("peak_rss_bytes")),
+        "peak_gpu_gib": gib(median("peak_gpu_bytes")),
+        "peak_rss_bytes": median("peak_rss_bytes"),
+        "peak_gpu_bytes": median("peak_gpu_bytes"),
+        "runs": len(runs),
+        "noisy_runs_left_out": len(runs) - len(clean) if clean is not runs else 0,
+        "noisy_runs_kept": sum(r["noisy"] for r in clean),
+        "samples_per_s_of_runs": [round(r["samples_per_s"], 4) for r in runs],
+        "other_cpu_cores": [None if r["other_cpu_cores"] is None else round(r["other_cpu_cores"], 3) for r in runs],
+        "command": clean[0]["command"],
         "settings": {
-            "command": " ".join(["ip2p train", CONFIG, *override_args(result["overrides"])]),
-            "arch": case.arch,
-            "resolution": case.resolution,
-            "batch_size": args.batch,
-            "steps": case.steps,
-            "warmup_steps": case.warmup,
-            "gradient_checkpointing": case.checkpointing,
-            "ema": args.ema,
-            "precision": "fp32",
-            **environment,
-        },
+            "arch": arch.name,
+            "resolution": arch.resolution,
+            "batch_size": arch.batch,
+            "timed_steps": arch.steps,
+            "warmup_steps": arch.warmup,
+            "mixed_precision": args.mixed_precision,
+            "workers": args.workers,
+            **env,
+        },  # fmt: skip
     }
 
 
-def checkpointing_record(arch: str, off: dict, on: dict) -> dict:
-    """Checkpointing on ÷ off, speed and memory, from two runs of the same benchmark."""
+def ratio_figures(arch: Arch, sides: dict[str, dict]) -> list[dict]:
+    """ours ÷ diffusers (speed, memory, start-up), cached ÷ diffusers, LoRA ÷ full fine-tuning."""
 
-    def ratio(key: str) -> float | None:
-        return round(on[key] / off[key], 4) if on.get(key) and off.get(key) else None
+    def ratio(name, a, b, key, unit, goal):
+        if a not in sides or b not in sides or not sides[a].get(key) or not sides[b].get(key):
+            return None
+        return {
+            "name": f"train_{arch.name}_{name}",
+            "value": round(sides[a][key] / sides[b][key], 4),
+            "unit": unit,
+            "goal": goal,
+            "noisy": bool(sides[a]["noisy_runs_kept"] or sides[b]["noisy_runs_kept"]),
+            "ours": sides[a]["name"],
+            "reference": sides[b]["name"],
+        }
 
-    return {
-        "name": f"train_{arch}_checkpointing_on_vs_off",
-        "speed_ratio": ratio("value"),
-        "peak_rss_training_ratio": ratio("peak_rss_training_bytes"),
-        "peak_rss_whole_run_ratio": ratio("peak_rss_bytes"),
-        "unit": "gradient checkpointing on ÷ off (speed < 1: slower; memory < 1: smaller)",
-        "noisy": on["noisy"] or off["noisy"],
-        "on": on["name"],
-        "off": off["name"],
-    }
+    speed = "samples/s, ours ÷ reference (> 1: faster)"
+    memory = "peak memory at the last timed step, ours ÷ reference (< 1: smaller)"
+    figures = [
+        ratio("samples_per_s_vs_diffusers", "ours", "diffusers", "samples_per_s", speed, ">= 1.0"),
+        ratio("cached_samples_per_s_vs_diffusers", "cached", "diffusers", "samples_per_s", speed, ">= 1.25"),
+        ratio("peak_rss_vs_diffusers", "ours", "diffusers", "peak_rss_bytes", memory, "<= 0.95"),
+        ratio("cached_peak_rss_vs_diffusers", "cached", "diffusers", "peak_rss_bytes", memory, None),
+        ratio("peak_gpu_memory_vs_diffusers", "ours", "diffusers", "peak_gpu_bytes", memory, "<= 0.95"),
+        ratio("cached_peak_gpu_memory_vs_diffusers", "cached", "diffusers", "peak_gpu_bytes", memory, None),
+        ratio(
+            "time_to_first_step_vs_diffusers",
+            "ours",
+            "diffusers",
+            "time_to_first_step_s",
+            "seconds from launch to the first optimizer step, ours ÷ reference",
+            None,
+        ),  # fmt: skip
+        ratio(
+            "lora_samples_per_s_vs_full", "lora", "ours", "samples_per_s", "samples/s, LoRA ÷ full fine-tuning", None
+        ),
+        ratio("lora_peak_rss_vs_full", "lora", "ours", "peak_rss_bytes", "peak RSS, LoRA ÷ full fine-tuning", None),
+        ratio("lora_peak_gpu_memory_vs_full", "lora", "ours", "peak_gpu_bytes", "peak GPU memory, LoRA ÷ full", None),
+    ]
+    return [f for f in figures if f is not None]
 
 
 def emit(record: dict) -> None:
@@ -296,11 +420,10 @@ def emit(record: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for module in ("ip2p", "ip2p_train", "diffusers", "accelerate"):
-        if importlib.util.find_spec(module) is None:
-            logger.error("%s is not importable: install the project with its headless extra: pip install -e '.[test]'",
-                         module)  # fmt: skip
-            return 2
+    if args.build_base:
+        arch, channels, folder = args.build_base
+        build_base(arch, int(channels), Path(folder))
+        return 0
     start = time.perf_counter()
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="ip2p-bench-train-")) if temporary else args.workdir.resolve()
@@ -308,29 +431,27 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     failures = 0
     try:
-        data = workdir / "toy"
-        if not (data / "seeds.json").is_file():
-            logger.info("rendering %d toy pairs at %d px into %s", TOY_PAIRS, TOY_SIZE, data)
-            render_dataset(data, workdir / "dataset.log")
-        done: dict[Case, dict] = {}
-        for case in cases(args):
-            logger.info("%s: ip2p train, %d steps (%d warm-up)", case.label, case.steps, case.warmup)
-            try:
-                result = run_case(case, args, data, workdir)
-            except RunError as error:
-                logger.error("%s", error)
-                emit({"name": f"train_{case.label}", "value": None, "error": str(error).splitlines()[0]})
-                failures += 1
-                continue
-            record = done[case] = case_record(case, result, args, env)
-            logger.info("%s: %s samples/s, peak RSS %s GiB (whole run %s GiB), %.0f s",
-                        case.label, record["value"], record["peak_rss_training_gib"],
-                        record["peak_rss_whole_run_gib"], result["wall_seconds"])  # fmt: skip
-            emit(record)
-            if case.checkpointing:
-                off = done.get(Case(case.arch, case.resolution, case.steps, case.warmup, False))
-                if off is not None:
-                    emit(checkpointing_record(case.arch, off, record))
+        paths = prepare(args, workdir)
+        for arch in archs(args):
+            runs: dict[str, list[dict]] = {side: [] for side in args.sides}
+            for round_ in range(args.repeats):
+                for side in args.sides:
+                    logger.info("%s %s, round %d: %d + %d steps", arch.name, side, round_ + 1, arch.warmup, arch.steps)
+                    try:
+                        result = run_side(side, arch, args, paths, workdir, round_)
+                    except RunError as error:
+                        logger.error("%s", error)
+                        failures += 1
+                        continue
+                    runs[side].append(result)
+                    logger.info("  %.4f samples/s, first step after %.1f s, peak RSS %s GiB, other CPU %s",
+                                result["samples_per_s"], result["time_to_first_step_s"],
+                                gib(result["peak_rss_bytes"]), result["other_cpu_cores"])  # fmt: skip
+            sides = {side: summarize(arch, side, r, args, env) for side, r in runs.items() if r}
+            for record in sides.values():
+                emit(record)
+            for figure in ratio_figures(arch, sides):
+                emit(figure)
     finally:
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -209,7 +209,7 @@ class ComfyHost:
             folder_paths.add_model_folder_path(name, str(self.folder(name)), is_default=True)
 
 
-def _torchvision_importable(extra_folders: tuple[Path, ...]) -> None:
+def make_torchvision_importable(extra_folders: tuple[Path, ...]) -> None:
     """Make ``import torchvision`` work: the environment's own, else the first copy in ``extra_folders``.
 
     Either way an empty ``torchvision._meta_registrations`` is registered first (see the module docstring).
@@ -248,7 +248,7 @@ def prepare_host(library: Path | None = None, *, kind: str = "lib", cpu: bool = 
         torchvision_folders = (server_site, default_library())
     else:
         raise ValueError(f"kind is {kind!r}; expected 'lib' or 'checkout'")
-    _torchvision_importable(torchvision_folders)  # before the host goes on sys.path: the library holds one too
+    make_torchvision_importable(torchvision_folders)  # before the host goes on sys.path: the library holds one too
     if str(library) not in sys.path:
         if kind == "checkout":
             sys.path.insert(0, str(library))  # its comfy and server modules come first

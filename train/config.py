@@ -50,9 +50,13 @@ class DataConfig:
     split: str | None = None
     # DataLoader worker processes per training process (0: load in the training process).
     num_workers: int = 0
-    # Encode every example once before training (train/cache.py): the frozen VAE and text encoder then cost
-    # nothing per step; crops become centre crops. Worth it when the data fits in memory and is seen many times.
-    cache: bool = False
+    # Encode every example once per dataset and model (train/cache.py), both flip views, before training: the
+    # frozen VAE and text encoder then cost nothing per step and leave the accelerator; crops become centre
+    # crops. The cache is kept on disk and reused by later runs. false: encode every step (random crops).
+    cache: bool = True
+    # Where latent caches are kept, one folder per dataset, model and settings; null = ~/.cache/ip2p/latents
+    # (IP2P_CACHE_DIR/latents when that is set).
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -69,6 +73,8 @@ class OptimConfig:
     max_grad_norm: float | None = 1.0
     # Linear learning-rate warm-up over this many optimizer steps, then constant (0: constant from the start).
     warmup_steps: int = 0
+    # bitsandbytes' 8-bit AdamW (pip install bitsandbytes): the optimizer states take a quarter of the memory.
+    adam_8bit: bool = False
     # Min-SNR-γ loss weighting (Hang et al. 2023): each sample's loss weighted by min(SNR, γ) over
     # what its target weights naturally, so the easy low-noise steps stop dominating; null = plain MSE.
     snr_gamma: float | None = None
@@ -169,7 +175,16 @@ class TrainConfig:
 
 
 # Keys that may change when a run is resumed; every other key must match the run's own config.
-RESUMABLE_KEYS = ("output_dir", "max_steps", "save_every", "checkpoints.", "validation.", "export.", "data.num_workers")
+RESUMABLE_KEYS = (
+    "output_dir",
+    "max_steps",
+    "save_every",
+    "checkpoints.",
+    "validation.",
+    "export.",
+    "data.num_workers",
+    "data.cache_dir",
+)
 
 
 # --------------------------------------------------------------------------------------------

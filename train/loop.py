@@ -11,6 +11,7 @@ optionally min-SNR-γ weighted per sample (``optim.snr_gamma``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,7 +30,17 @@ from . import checkpoints as ckpt
 from . import lora
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
-from .model import EMA, encode_pairs, freeze, load_base, model_for_export, trained_state
+from .model import (
+    EMA,
+    encode_pairs,
+    freeze,
+    frozen_encoders_on,
+    load_base,
+    make_optimizer,
+    model_for_export,
+    peak_memory,
+    trained_state,
+)
 from .validation import log_grid, log_scalars, make_validator, open_tensorboard
 
 logger = logging.getLogger("ip2p.train")
@@ -52,8 +63,8 @@ def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
         if changed:
             raise IP2PError(
                 f"Cannot resume {checkpoint} with different settings ({'; '.join(changed)}). Resume with the run's "
-                f"own config (only output_dir, max_steps, save_every, checkpoints.*, validation.*, export.* and "
-                f"data.num_workers may change), or start a new run in a new output_dir."
+                f"own config (only output_dir, max_steps, save_every, checkpoints.*, validation.*, export.*, "
+                f"data.num_workers and data.cache_dir may change), or start a new run in a new output_dir."
             )
         return checkpoint
     if saved.is_file():
@@ -91,6 +102,29 @@ def check_processes(accelerator) -> None:
             f"(distributed type {accelerator.distributed_type}). Without GPUs, set ACCELERATE_USE_CPU=1: "
             f"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} -m ip2p_train ..."
         )
+
+
+def configure_deepspeed(accelerator, config: TrainConfig) -> None:
+    """Give DeepSpeed (``accelerate launch`` with a DeepSpeed config) the trainer's batch size, accumulation and
+    clipping: the trainer keeps its own data loader, so DeepSpeed cannot read them, and it clips by itself."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ours = {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_clipping": config.optim.max_grad_norm or 0.0,
+    }
+    settings = plugin.deepspeed_config
+    for key, value in ours.items():
+        theirs = settings.get(key, "auto")
+        if theirs == "auto":
+            settings[key] = value
+        elif theirs != value:
+            raise IP2PError(
+                f"The DeepSpeed config sets {key}={theirs} but the trainer's config gives {value}. Make them equal "
+                f"(or write {key}: auto in the DeepSpeed config)."
+            )
 
 
 def _lr_lambda(warmup_steps: int):
@@ -134,10 +168,11 @@ class Trainer:
         model = load_base(c.model.base, c.seed, widen=not c.lora.rank)
         self.model = model
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
-        for frozen in (model.vae, model.text_encoder):
-            freeze(frozen).to(acc.device)
-            if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, as diffusers' script
-                frozen.to(dtype=weight_dtype)
+        freeze(model.vae)
+        freeze(model.text_encoder)
+        # The frozen encoders run on the accelerator in the mixed-precision dtype; `model` keeps its float32
+        # CPU weights for validation and export. With the latent cache they leave the accelerator once it is filled.
+        self.encoder = frozen_encoders_on(model, acc.device, weight_dtype)
         unet = model.unet.to(acc.device)
         unet.requires_grad_(True).train()
         self.base_conv_in = None
@@ -152,14 +187,9 @@ class Trainer:
             unet.enable_gradient_checkpointing()
         # The EMA and the optimizer hold the trainable parameters only (a LoRA run: the adapters).
         self.ema = EMA(unet, c.ema.decay, c.ema.warmup) if c.ema.enabled else None  # after widening: widened too
-        optimizer = torch.optim.AdamW(
-            [p for p in unet.parameters() if p.requires_grad],
-            lr=c.optim.lr,
-            betas=tuple(c.optim.betas),
-            weight_decay=c.optim.weight_decay,
-            eps=c.optim.eps,
-        )
+        optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], c.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(c.optim.warmup_steps))
+        configure_deepspeed(acc, c)
         # The LR schedule is stepped once per optimizer step by us, not by accelerate (which steps it once
         # per process), so warm-up counts optimizer steps whatever the process count.
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
@@ -174,11 +204,15 @@ class Trainer:
         self.weight_dtype = weight_dtype
         with torch.no_grad():
             ids = tokenize(model.tokenizer, [""]).to(acc.device)
-            self.empty_embedding = model.text_encoder(ids)[0]
+            self.empty_embedding = self.encoder.text_encoder(ids)[0]
 
         if self.checkpoint is not None:
             self.load(self.checkpoint)
         self.stream = self._stream(dataset)
+        if c.data.cache:  # training reads the cache: the encoders are needed again only for validation and export
+            self.encoder = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         self.loader = make_loader(
             self.stream,
             batch_size=c.batch_size,
@@ -192,17 +226,45 @@ class Trainer:
 
     def _stream(self, dataset: Sequence):
         """The training samples: decoded and encoded per step, or from the latent cache (``data.cache``)."""
-        c = self.config
+        c, acc = self.config, self.accelerator
         if not c.data.cache:
             return PairStream(
                 dataset, self.model.tokenizer, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed
             )
         from .cache import encode_dataset
 
-        return encode_dataset(
-            dataset, self.model, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed,
-            device=self.accelerator.device, dtype=self.weight_dtype, progress=self.accelerator.is_local_main_process,
+        folder = self._cache_folder(dataset)
+        encode = functools.partial(
+            encode_dataset, dataset, self.encoder, resolution=c.data.resolution, flip=c.data.flip, seed=c.seed,
+            device=acc.device, dtype=self.weight_dtype, progress=acc.is_local_main_process, folder=folder,
         )  # fmt: skip
+        if folder is None:  # a dataset given in memory: every process encodes its own copy
+            return encode()
+        if acc.is_main_process:  # the main process fills the cache, the others then read it
+            stream = encode()
+            acc.wait_for_everyone()
+            return stream
+        acc.wait_for_everyone()
+        return encode()
+
+    def _cache_folder(self, dataset: Sequence) -> Path | None:
+        """Where this dataset's latent cache lives for this model and these settings (None: in memory only)."""
+        from ip2p.formats.cache import cache_dir
+
+        from .cache import cache_key, dataset_fingerprint
+
+        c = self.config
+        if self.dataset is not None:
+            return None
+        data = {
+            "files": dataset_fingerprint(c.data.path),
+            "columns": c.data.columns,
+            "split": c.data.split,
+            "examples": len(dataset),
+        }
+        root = Path(c.data.cache_dir).expanduser() if c.data.cache_dir else cache_dir() / "latents"
+        key = cache_key(self.model, data, resolution=c.data.resolution, flip=c.data.flip, dtype=self.weight_dtype)
+        return root / key
 
     def _start_run_folder(self) -> None:
         acc = self.accelerator
@@ -228,7 +290,7 @@ class Trainer:
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch of pixels and token ids -> (edited posterior mean, its std, image latent, text embedding);
         a batch from the latent cache holds them already."""
-        device, dtype, model = self.accelerator.device, self.weight_dtype, self.model
+        device, dtype, model = self.accelerator.device, self.weight_dtype, self.encoder
         if "edited_mean" in batch:
             return tuple(batch[k].to(device, dtype) for k in ("edited_mean", "edited_std", "image_latent", "text"))
         mean, std, image_latent = encode_pairs(
@@ -313,6 +375,7 @@ class Trainer:
                     "lr": lr,
                     "samples_per_s": global_batch / elapsed if elapsed > 0 else None,
                     "samples": self.step * global_batch,
+                    **peak_memory(acc.device),
                 }
                 self._log(record)
                 bar.update(1)

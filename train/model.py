@@ -85,6 +85,51 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+def frozen_encoders_on(model: EditModel, device, dtype: torch.dtype) -> EditModel:
+    """``model`` with its VAE and text encoder on ``device`` in ``dtype``, for encoding the training data.
+
+    Modules already there are shared; others are copied, so ``model`` keeps its float32 CPU weights:
+    validation and export read those (an export of a bf16-cast VAE would lose precision), and the
+    accelerator holds only the mixed-precision copies, which the latent cache drops once it is filled.
+    """
+    encoder = copy.copy(model)
+    for name in ("vae", "text_encoder"):
+        module = getattr(model, name)
+        weight = next(module.parameters())
+        if weight.device != torch.device(device) or weight.dtype != dtype:
+            module = freeze(copy.deepcopy(module).to(device=device, dtype=dtype))
+        setattr(encoder, name, module)
+    return encoder
+
+
+def make_optimizer(params: list[torch.nn.Parameter], optim) -> torch.optim.Optimizer:
+    """AdamW with ``optim``'s settings (an :class:`~.config.OptimConfig`): bitsandbytes' 8-bit AdamW when
+    ``optim.adam_8bit`` (its two states in 8 bits: 6 bytes less per trained parameter), else torch's fused
+    AdamW (one kernel per step, no parameter-sized temporaries)."""
+    settings = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
+    if not optim.adam_8bit:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise IP2PError(
+            "optim.adam_8bit=true needs bitsandbytes, which is not installed: pip install bitsandbytes "
+            "(or set optim.adam_8bit=false)."
+        ) from exc
+    return bitsandbytes.optim.AdamW8bit(params, **settings)
+
+
+def peak_memory(device) -> dict[str, float]:
+    """This process's peak memory so far, for metrics.jsonl: allocated GPU memory on CUDA, else peak RSS (GB)."""
+    if torch.device(device).type == "cuda":
+        return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3)}
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"peak_rss_gb": round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
+
+
 class EMA:
     """An exponential moving average of a module's trainable parameters (float32, on the module's device).
 

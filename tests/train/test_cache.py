@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from ip2p_train import checkpoints as ckpt
 from PIL import Image
 
@@ -93,3 +94,102 @@ def test_a_dataset_with_no_usable_example_is_refused(square_data, tiny_overrides
     out = tmp_path / "run"
     assert main(["train", "toy", *tiny_overrides(data, out, **{"data.cache": True}, max_steps=1)]) == 2
     assert "None of the dataset's 4 examples is usable" in capsys.readouterr().err
+
+
+# --- the cache on disk ---------------------------------------------------------------------------
+
+
+def _cached_run(data, out, tiny_overrides, cache_dir, **extra) -> int:
+    values = {"data.cache": True, "data.cache_dir": cache_dir, "max_steps": 2, "save_every": 2, **extra}
+    return main(["train", "toy", *tiny_overrides(data, out, **values), "-q"])
+
+
+def _cache_folders(cache_dir) -> list:
+    return sorted(p for p in cache_dir.iterdir() if p.is_dir())
+
+
+def _encoding_counted(monkeypatch, fail_at: int | None = None) -> list[range]:
+    """Record every block of rows the cache encodes (and fail at the ``fail_at``-th block)."""
+    from ip2p_train import cache
+
+    calls: list[range] = []
+    original = cache._encode_rows
+
+    def counted(dataset, rows, *args, **kwargs):
+        calls.append(rows)
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt("killed while encoding")
+        return original(dataset, rows, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "_encode_rows", counted)
+    return calls
+
+
+def test_a_later_run_reads_the_cache_instead_of_encoding(square_data, tiny_overrides, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    assert _cached_run(square_data, tmp_path / "first", tiny_overrides, cache_dir) == 0
+    encoded = _encoding_counted(monkeypatch)
+    assert _cached_run(square_data, tmp_path / "second", tiny_overrides, cache_dir) == 0
+    assert encoded == []
+    assert _losses(tmp_path / "second") == _losses(tmp_path / "first")
+    assert len(_cache_folders(cache_dir)) == 1
+
+
+def test_another_model_setting_or_dataset_gets_its_own_cache(square_data, tiny_overrides, tmp_path):
+    import shutil
+
+    cache_dir = tmp_path / "cache"
+    assert _cached_run(square_data, tmp_path / "a", tiny_overrides, cache_dir) == 0
+    assert _cached_run(square_data, tmp_path / "b", tiny_overrides, cache_dir, **{"data.flip": 0.0}) == 0
+    assert _cached_run(square_data, tmp_path / "c", tiny_overrides, cache_dir, seed=1) == 0  # another random model
+    changed = tmp_path / "data"
+    shutil.copytree(square_data, changed)
+    Image.new("RGB", (16, 16), "red").save(changed / "0000000" / "0_1.png")
+    assert _cached_run(changed, tmp_path / "d", tiny_overrides, cache_dir) == 0
+    assert len(_cache_folders(cache_dir)) == 4
+
+
+def test_a_cache_interrupted_while_encoding_continues_from_its_last_whole_shard(
+    square_data, tiny_overrides, tmp_path, monkeypatch
+):
+    from ip2p_train import cache
+
+    monkeypatch.setattr(cache, "SHARD_EXAMPLES", 2)  # 4 examples: 2 shards
+    assert _cached_run(square_data, tmp_path / "whole", tiny_overrides, tmp_path / "reference") == 0
+    interrupted = tmp_path / "cache"
+    _encoding_counted(monkeypatch, fail_at=2)
+    assert _cached_run(square_data, tmp_path / "killed", tiny_overrides, interrupted) == 130  # as after Ctrl-C
+    (folder,) = _cache_folders(interrupted)
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-00000.safetensors"]  # no manifest, no partial file
+    encoded = _encoding_counted(monkeypatch)
+    assert _cached_run(square_data, tmp_path / "resumed", tiny_overrides, interrupted) == 0
+    assert encoded == [range(2, 4)]
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "whole")
+
+
+def test_a_damaged_shard_is_encoded_again(square_data, tiny_overrides, tmp_path, monkeypatch, caplog):
+    cache_dir = tmp_path / "cache"
+    assert _cached_run(square_data, tmp_path / "first", tiny_overrides, cache_dir) == 0
+    (folder,) = _cache_folders(cache_dir)
+    shard = folder / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    encoded = _encoding_counted(monkeypatch)
+    assert _cached_run(square_data, tmp_path / "second", tiny_overrides, cache_dir) == 0
+    assert encoded == [range(0, 4)]
+    assert "cannot be read" in caplog.text
+    assert _losses(tmp_path / "second") == _losses(tmp_path / "first")
+
+
+def test_the_cache_is_on_by_default_and_frees_the_encoders(square_data, tiny_overrides, tmp_path, monkeypatch):
+    from ip2p_train.config import load_config
+    from ip2p_train.loop import Trainer
+
+    assert load_config("sd15", []).data.cache is True
+    config = load_config("toy", tiny_overrides(square_data, tmp_path / "run", **{"data.cache": True}))
+    trainer = Trainer(config)
+    trainer.setup()
+    try:
+        assert trainer.encoder is None  # training reads latents only
+        assert next(trainer.model.vae.parameters()).dtype == torch.float32  # kept whole for validation and export
+    finally:
+        trainer.accelerator.end_training()

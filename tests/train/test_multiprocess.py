@@ -1,7 +1,7 @@
 """Several processes: two CPU processes at batch B train what one process trains at batch 2·B.
 
 The documented launch (docs/training.md, "Several processes") runs for real: ``accelerate launch
---multi_gpu --num_processes 2`` with ``ACCELERATE_USE_CPU=1``, so the two processes join one gloo
+--config_file train/configs/accelerate/multi_gpu.yaml --num_processes 2`` with ``ACCELERATE_USE_CPU=1``, so the two processes join one gloo
 process group. Each sample's noise, timestep and dropout are drawn from its own generator, seeded
 by its position in the data stream, so both runs see the same samples with the same draws; they
 differ only in float32 summation order (one batch-of-4 backward against two batch-of-2 backwards
@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from importlib import resources
 from types import SimpleNamespace
 
 import pytest
@@ -29,8 +30,9 @@ BATCH = 2  # per process; the one-process run uses 2 x BATCH
 STEPS = 4
 LOSS_TOLERANCE = 1e-6  # relative; measured on a CPU: at most 1.3e-7 (step 1 bit-identical)
 WEIGHT_TOLERANCE = 1e-6  # absolute, on every UNet weight; measured on a CPU: at most 1.5e-7 (training moved 3e-3)
+MULTI_GPU_CONFIG = resources.files("ip2p_train").joinpath("configs", "accelerate", "multi_gpu.yaml")  # the shipped one
 LAUNCH = [
-    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_GPU_CONFIG), "--num_processes", "2",
     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "ip2p_train",
 ]  # fmt: skip
 UNETS = (

@@ -40,8 +40,8 @@ def test_a_run_writes_every_file_of_the_run_folder_contract(run_a):
     assert config.max_steps == 4 and config.model.base == "config:tiny"
     metrics = ckpt.read_metrics(run_a)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert all({"step", "loss", "lr", "samples_per_s"} <= set(m) for m in metrics)
-    assert all(np.isfinite(m["loss"]) and m["samples_per_s"] > 0 for m in metrics)
+    assert all({"step", "loss", "lr", "samples_per_s", "peak_rss_gb"} <= set(m) for m in metrics)
+    assert all(np.isfinite(m["loss"]) and m["samples_per_s"] > 0 and m["peak_rss_gb"] > 0.1 for m in metrics)
     assert [step for step, _ in ckpt.complete_checkpoints(run_a)] == [2, 4]
     for step in (2, 4):
         folder = ckpt.step_dir(run_a, step)
@@ -180,3 +180,36 @@ def test_min_snr_weighting_trains_and_changes_the_loss(paper_dataset, tiny_overr
     weighted, plain = _losses(out), _losses(run_a)
     assert weighted.keys() == {1, 2} and all(math.isfinite(v) for v in weighted.values())
     assert weighted[1] != pytest.approx(plain[1], rel=1e-3)  # same draws, other weights
+
+
+def test_8_bit_adam_without_bitsandbytes_is_refused_with_the_install_line(
+    paper_dataset, tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails, as where it is not installed
+    out = tmp_path / "run"
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, out, **{"optim.adam_8bit": True})]) == 2
+    assert "pip install bitsandbytes" in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()
+
+
+def test_8_bit_adam_uses_bitsandbytes_adamw8bit(paper_dataset, tiny_overrides, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    used = []
+
+    class AdamW8bit(torch.optim.AdamW):  # stands in for bitsandbytes' (which needs its native library)
+        def __init__(self, params, **settings):
+            used.append(settings)
+            super().__init__(params, **settings)
+
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = types.SimpleNamespace(AdamW8bit=AdamW8bit)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    out = tmp_path / "run"
+    assert (
+        main(["train", "toy", *tiny_overrides(paper_dataset, out, **{"optim.adam_8bit": True}, max_steps=1), "-q"]) == 0
+    )
+    assert used == [{"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}]
