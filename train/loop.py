@@ -11,6 +11,7 @@ optionally min-SNR-γ weighted per sample (``optim.snr_gamma``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -32,6 +33,7 @@ from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
 from .model import (
     EMA,
+    ParkedEncoders,
     encode_pairs,
     freeze,
     frozen_encoders_on,
@@ -209,8 +211,10 @@ class Trainer:
         if self.checkpoint is not None:
             self.load(self.checkpoint)
         self.stream = self._stream(dataset)
+        self.parked = None
         if c.data.cache:  # training reads the cache: the encoders are needed again only for validation and export
             self.encoder = None
+            self.parked = ParkedEncoders(model)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         self.loader = make_loader(
@@ -384,8 +388,9 @@ class Trainer:
                     self.save()
                 if self.validator is not None and self.validator.due(self.step, c.max_steps):
                     if acc.is_main_process:  # a float32 CPU copy with the EMA weights: the UNet trained is untouched
-                        exported = model_for_export(self.model, acc.unwrap_model(self.unet), self.ema)
-                        path, picture = self.validator.run(exported, self.step, self.out)
+                        with self.encoders_loaded():
+                            exported = model_for_export(self.model, acc.unwrap_model(self.unet), self.ema)
+                            path, picture = self.validator.run(exported, self.step, self.out)
                         logger.info("Validation grid of step %d: %s", self.step, path)
                         if self.tensorboard is not None:
                             log_grid(self.tensorboard, picture, self.step)
@@ -419,10 +424,15 @@ class Trainer:
             base_hash = self.model.model_hash if self.config.lora.rank else None
             ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes, base_hash)
             ckpt.prune(self.out, self.config.checkpoints.total_limit)
-            self.export()
+            with self.encoders_loaded():
+                self.export()
             logger.info("Saved %s and %s", path, self.out / EXPORT)
         acc.wait_for_everyone()
         return path
+
+    def encoders_loaded(self):
+        """The model's VAE and text encoder in memory for the block (parked while training reads the cache)."""
+        return self.parked.loaded() if self.parked is not None else contextlib.nullcontext()
 
     def load(self, checkpoint: Path) -> None:
         processes, now = ckpt.read_processes(checkpoint), self.accelerator.num_processes

@@ -180,16 +180,27 @@ def test_a_damaged_shard_is_encoded_again(square_data, tiny_overrides, tmp_path,
     assert _losses(tmp_path / "second") == _losses(tmp_path / "first")
 
 
-def test_the_cache_is_on_by_default_and_frees_the_encoders(square_data, tiny_overrides, tmp_path, monkeypatch):
+def test_the_cache_is_on_by_default_and_the_encoders_leave_memory_until_export(square_data, tiny_overrides, tmp_path):
     from ip2p_train.config import load_config
     from ip2p_train.loop import Trainer
+    from ip2p_train.model import load_base
 
     assert load_config("sd15", []).data.cache is True
     config = load_config("toy", tiny_overrides(square_data, tmp_path / "run", **{"data.cache": True}))
     trainer = Trainer(config)
     trainer.setup()
+    fresh = load_base(config.model.base, config.seed)
+    ids = torch.tensor([[0, 5, 9, 2]])
     try:
         assert trainer.encoder is None  # training reads latents only
-        assert next(trainer.model.vae.parameters()).dtype == torch.float32  # kept whole for validation and export
+        assert next(trainer.model.vae.parameters()).device.type == "meta"
+        assert next(trainer.model.text_encoder.parameters()).device.type == "meta"
+        with trainer.encoders_loaded():  # what validation and export see: the float32 weights, buffers included
+            for name in ("vae", "text_encoder"):
+                loaded, original = getattr(trainer.model, name).state_dict(), getattr(fresh, name).state_dict()
+                assert all(torch.equal(loaded[k], original[k]) for k in original)
+            with torch.no_grad():
+                assert torch.equal(trainer.model.text_encoder(ids)[0], fresh.text_encoder(ids)[0])
+        assert next(trainer.model.vae.parameters()).device.type == "meta"
     finally:
         trainer.accelerator.end_training()
