@@ -8,11 +8,13 @@ distinct instruction to its text embedding once. A training step then costs only
 changes against the uncached stream: the crop is always the centre one (random crops need the
 pixels), and examples the reader cannot use are dropped while encoding, counted in one summary line.
 
-On disk (``data.cache_dir``, by default ``~/.cache/ip2p/latents``) the cache of one dataset and model
-is a folder named by a key: the hash of the model's weights, the dataset's files (paths, sizes,
-modification times), the column mapping, the resolution, the flip views, the model family's latent
-convention and the encoding precision. Another run with the same key reads it instead of encoding;
-a changed model, dataset or setting gets a new folder (old ones are left for the user to delete).
+On disk (``data.cache_dir``, by default ``~/.cache/ip2p/latents``: a shared folder beside the hub's
+and the toolkit's other caches, not the run folder, so every run on the same data and model, in any
+``output_dir``, reads one cache) the cache of one dataset and model is a folder named by a key: the
+hash of the model's weights, the dataset's files (paths, sizes, modification times), split, column
+mapping and row count, the resolution, the flip views, the model family's latent convention, the
+tokenizer's length and the encoding precision. Another run with the same key reads it instead of
+encoding; a changed model, dataset or setting gets a new folder (old ones are left for the user to delete).
 Shards of :data:`SHARD_EXAMPLES` dataset rows are written atomically, so a killed run loses at most
 the shard being encoded and the next run continues from there; ``manifest.json``, written last,
 marks a finished cache. A dataset given as a Python sequence (no path) is cached in memory only.
@@ -183,8 +185,11 @@ def _load_shard(path: Path, rows: range):
 
 
 def _read_complete(folder: Path) -> tuple[dict, list[str], torch.Tensor, list[str], dict] | None:
-    from safetensors import safe_open
+    """A finished cache, or None when it is unfinished or damaged (its readable shards are then reused)."""
+    from safetensors import SafetensorError, safe_open
 
+    if not (folder / MANIFEST).is_file():
+        return None  # never finished
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
@@ -192,7 +197,8 @@ def _read_complete(folder: Path) -> tuple[dict, list[str], torch.Tensor, list[st
         with safe_open(str(folder / TEXT), framework="pt") as handle:
             texts = handle.get_tensor("embeddings")
             distinct = json.loads((handle.metadata() or {})["instructions"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        logger.warning("Finishing the latent cache %s again: it cannot be read (%s)", folder, exc)
         return None
     parts = []
     for index, (start, stop) in enumerate(manifest["shards"]):

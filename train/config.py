@@ -54,8 +54,8 @@ class DataConfig:
     # frozen VAE and text encoder then cost nothing per step and leave the accelerator; crops become centre
     # crops. The cache is kept on disk and reused by later runs. false: encode every step (random crops).
     cache: bool = True
-    # Where latent caches are kept, one folder per dataset, model and settings; null = ~/.cache/ip2p/latents
-    # (IP2P_CACHE_DIR/latents when that is set).
+    # Where latent caches are kept, one folder per dataset, model and settings, shared by the runs of every
+    # output_dir; null = ~/.cache/ip2p/latents (IP2P_CACHE_DIR/latents when that is set).
     cache_dir: str | None = None
 
 

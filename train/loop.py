@@ -395,6 +395,9 @@ class Trainer:
                         if self.tensorboard is not None:
                             log_grid(self.tensorboard, picture, self.step)
                     acc.wait_for_everyone()
+            if acc.is_main_process:
+                memory = " ".join(f"{key}={value}" for key, value in peak_memory(acc.device).items())
+                logger.info("Trained to step %d; this process's peak memory: %s", self.step, memory)
         finally:
             bar.close()
             if self.tensorboard is not None:

@@ -204,3 +204,75 @@ def test_the_cache_is_on_by_default_and_the_encoders_leave_memory_until_export(s
         assert next(trainer.model.vae.parameters()).device.type == "meta"
     finally:
         trainer.accelerator.end_training()
+
+
+def test_the_cache_on_disk_trains_as_the_cache_in_memory(square_data, tiny_overrides, tmp_path):
+    from ip2p_train.config import load_config
+    from ip2p_train.data import open_training_data
+    from ip2p_train.loop import train
+
+    assert _cached_run(square_data, tmp_path / "disk", tiny_overrides, tmp_path / "cache") == 0
+    values = {"data.cache": True, "max_steps": 2, "save_every": 2}
+    config = load_config("toy", tiny_overrides(square_data, tmp_path / "memory", **values))
+    train(config, dataset=open_training_data(str(square_data), {}, None))  # a dataset object: cached in memory only
+    assert _losses(tmp_path / "memory") == _losses(tmp_path / "disk")
+
+
+def test_a_damaged_text_embedding_file_is_written_again_from_the_shards(
+    square_data, tiny_overrides, tmp_path, monkeypatch, caplog
+):
+    from ip2p_train.cache import TEXT
+
+    cache_dir = tmp_path / "cache"
+    assert _cached_run(square_data, tmp_path / "first", tiny_overrides, cache_dir) == 0
+    (folder,) = _cache_folders(cache_dir)
+    (folder / TEXT).write_bytes(b"not safetensors")
+    encoded = _encoding_counted(monkeypatch)
+    assert _cached_run(square_data, tmp_path / "second", tiny_overrides, cache_dir) == 0
+    assert encoded == []  # the latents are read back; only the instructions are encoded again
+    assert "cannot be read" in caplog.text
+    assert _losses(tmp_path / "second") == _losses(tmp_path / "first")
+
+
+@pytest.mark.parametrize(("main_process", "order"), [(True, ["cache", "wait"]), (False, ["wait", "cache"])])
+def test_only_the_main_process_fills_the_cache_and_the_others_read_it_after(
+    square_data, tiny_overrides, tmp_path, monkeypatch, main_process, order
+):
+    from types import SimpleNamespace
+
+    from ip2p_train import cache
+    from ip2p_train.config import load_config
+    from ip2p_train.data import open_training_data
+    from ip2p_train.loop import Trainer
+    from ip2p_train.model import load_base
+
+    events: list[str] = []
+    config = load_config("toy", tiny_overrides(square_data, tmp_path / "run", **{"data.cache": True}))
+    trainer = Trainer(config)
+    trainer.model = trainer.encoder = load_base(config.model.base, config.seed)
+    trainer.weight_dtype = torch.float32
+    trainer.accelerator = SimpleNamespace(  # one process of several, as accelerate describes it
+        is_main_process=main_process, is_local_main_process=main_process, device=torch.device("cpu"),
+        wait_for_everyone=lambda: events.append("wait"),
+    )  # fmt: skip
+    monkeypatch.setattr(cache, "encode_dataset", lambda *args, **kwargs: events.append("cache"))
+    trainer._stream(open_training_data(str(square_data), {}, None))
+    assert events == order
+
+
+def test_the_cache_key_changes_with_every_setting_that_changes_the_latents():
+    from ip2p_train.cache import cache_key
+    from ip2p_train.model import load_base
+
+    model, data = load_base("config:tiny", seed=0), {"files": "a"}
+    settings = {"resolution": 16, "flip": 0.5, "dtype": torch.float32}
+    keys = {
+        cache_key(model, data, **settings),
+        cache_key(model, data, **{**settings, "resolution": 24}),
+        cache_key(model, data, **{**settings, "flip": 0.0}),  # one view instead of two
+        cache_key(model, data, **{**settings, "dtype": torch.bfloat16}),
+        cache_key(model, {"files": "b"}, **settings),
+        cache_key(load_base("config:tiny", seed=1), data, **settings),
+    }
+    assert len(keys) == 6
+    assert cache_key(model, data, **{**settings, "flip": 0.2}) == cache_key(model, data, **settings)  # the same views

@@ -99,3 +99,16 @@ def test_differences_ignore_the_keys_a_resume_may_change():
     assert differences(a, b) == []
     b.optim.lr = 1.0
     assert differences(a, b) == ["optim.lr: 0.0001 -> 1.0"]
+
+
+def test_the_latent_cache_is_on_and_8_bit_adam_off_by_default():
+    for config in (TrainConfig(), load_config("sd15"), load_config("toy")):
+        assert (config.data.cache, config.data.cache_dir, config.optim.adam_8bit) == (True, None, False)
+
+
+def test_a_resume_may_move_the_latent_cache_but_not_turn_it_off():
+    run, moved, off = TrainConfig(), TrainConfig(), TrainConfig()
+    moved.data.cache_dir = "/elsewhere"
+    off.data.cache = False
+    assert differences(run, moved) == []
+    assert differences(run, off) == ["data.cache: True -> False"]

@@ -213,3 +213,8 @@ def test_8_bit_adam_uses_bitsandbytes_adamw8bit(paper_dataset, tiny_overrides, t
         main(["train", "toy", *tiny_overrides(paper_dataset, out, **{"optim.adam_8bit": True}, max_steps=1), "-q"]) == 0
     )
     assert used == [{"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}]
+
+
+def test_a_run_ends_with_a_line_naming_its_peak_memory(paper_dataset, tiny_overrides, tmp_path, capsys):
+    assert main(["train", "toy", *tiny_overrides(paper_dataset, tmp_path / "run", max_steps=1)]) == 0
+    assert "Trained to step 1; this process's peak memory: peak_rss_gb=" in capsys.readouterr().err
