@@ -26,6 +26,7 @@ from ip2p.training import check_dropout_rates
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CONV_IN_MODES = ("off", "lora", "full")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
@@ -71,8 +72,11 @@ class OptimConfig:
     eps: float = 1e-8
     # Gradient-norm clipping; null turns it off.
     max_grad_norm: float | None = 1.0
-    # Linear learning-rate warm-up over this many optimizer steps, then constant (0: constant from the start).
+    # Linear learning-rate warm-up over this many optimizer steps (0: none).
     warmup_steps: int = 0
+    # After the warm-up: constant (the paper), or cosine / linear decay to zero at max_steps (a short run
+    # ends at its best weights instead of mid-stride; diffusers' --lr_scheduler).
+    lr_schedule: str = "constant"
     # bitsandbytes' 8-bit AdamW (pip install bitsandbytes): the optimizer states take a quarter of the memory.
     adam_8bit: bool = False
     # Min-SNR-γ loss weighting (Hang et al. 2023): each sample's loss weighted by min(SNR, γ) over
@@ -383,6 +387,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise IP2PError(f"optim.betas is {config.optim.betas}; give two numbers, e.g. [0.9, 0.999].")
     if config.optim.warmup_steps < 0:
         raise IP2PError(f"optim.warmup_steps is {config.optim.warmup_steps}; give 0 or more.")
+    if config.optim.lr_schedule not in LR_SCHEDULES:
+        raise IP2PError(f"optim.lr_schedule is {config.optim.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
     if config.optim.snr_gamma is not None and not config.optim.snr_gamma > 0:
         raise IP2PError(
             f"optim.snr_gamma is {config.optim.snr_gamma}; give a positive γ (the paper: 5) or null for plain MSE."

@@ -68,6 +68,12 @@ def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
                 f"own config (only output_dir, max_steps, save_every, checkpoints.*, validation.*, export.*, "
                 f"data.num_workers and data.cache_dir may change), or start a new run in a new output_dir."
             )
+        if theirs.optim.lr_schedule != "constant" and theirs.max_steps != config.max_steps:
+            raise IP2PError(
+                f"{checkpoint}'s run decays its learning rate ({theirs.optim.lr_schedule}) to zero at max_steps="
+                f"{theirs.max_steps}; resuming with max_steps={config.max_steps} would bend that schedule. Resume "
+                f"with max_steps={theirs.max_steps}, or start a new run in a new output_dir."
+            )
         return checkpoint
     if saved.is_file():
         theirs = read_saved_config(saved)
@@ -129,9 +135,48 @@ def configure_deepspeed(accelerator, config: TrainConfig) -> None:
             )
 
 
-def _lr_lambda(warmup_steps: int):
+def check_sharding(accelerator, config: TrainConfig) -> None:
+    """Refuse the sharded set-ups the trainer cannot train correctly, naming the one to use instead.
+
+    FSDP2 (``fsdp_version: 2``) is supported: the EMA follows the parameter shards, and checkpoints, validation
+    and export gather whole tensors. FSDP1 flattens parameters into one buffer the EMA cannot follow, and
+    DeepSpeed ZeRO-3 partitions the weights outside torch's view, so the EMA and the export would read empty
+    tensors; LoRA's adapters are small enough that plain data parallelism is the better tool.
+    """
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    fsdp_config = "train/configs/accelerate/fsdp.yaml"
+    if kind == DistributedType.FSDP:
+        if accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise IP2PError(
+                f"FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config ({fsdp_config})."
+            )
+        if config.lora.rank:
+            raise IP2PError(
+                "LoRA under FSDP is not supported: the adapters are small, so shard nothing. Launch with "
+                "train/configs/accelerate/multi_gpu.yaml instead."
+            )
+        logger.info("FSDP: the UNet is sharded over %d processes", accelerator.num_processes)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        raise IP2PError(
+            f"DeepSpeed ZeRO stage 3 is not supported (it partitions the weights the EMA and the export read). "
+            f"Use ZeRO-2 (train/configs/accelerate/deepspeed_zero2.yaml) or FSDP, which shards the weights too "
+            f"({fsdp_config})."
+        )
+
+
+def lr_factor(schedule: str, warmup_steps: int, max_steps: int):
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
+
     def factor(step: int) -> float:
-        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
     return factor
 
@@ -187,14 +232,18 @@ class Trainer:
             logger.info("LoRA rank %d on %d layers (conv_in: %s)", c.lora.rank, len(wrapped), c.lora.conv_in)
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        # The EMA and the optimizer hold the trainable parameters only (a LoRA run: the adapters).
-        self.ema = EMA(unet, c.ema.decay, c.ema.warmup) if c.ema.enabled else None  # after widening: widened too
+        # The optimizer and the EMA hold the trainable parameters only (a LoRA run: the adapters).
         optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], c.optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(c.optim.warmup_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(c.optim.lr_schedule, c.optim.warmup_steps, c.max_steps)
+        )
+        check_sharding(acc, c)
         configure_deepspeed(acc, c)
         # The LR schedule is stepped once per optimizer step by us, not by accelerate (which steps it once
         # per process), so warm-up counts optimizer steps whatever the process count.
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        # After prepare, which widened nothing but may have sharded the parameters (FSDP): the EMA follows them.
+        self.ema = EMA(acc.unwrap_model(self.unet), c.ema.decay, c.ema.warmup) if c.ema.enabled else None
         if c.lora.rank:
             lora.checkpoint_trainable_only(acc)
         self.lr_scheduler = scheduler
@@ -387,9 +436,10 @@ class Trainer:
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
                     self.save()
                 if self.validator is not None and self.validator.due(self.step, c.max_steps):
+                    state = self.trained_state()  # every process: under FSDP it gathers the shards
                     if acc.is_main_process:  # a float32 CPU copy with the EMA weights: the UNet trained is untouched
                         with self.encoders_loaded():
-                            exported = model_for_export(self.model, acc.unwrap_model(self.unet), self.ema)
+                            exported = model_for_export(self.model, acc.unwrap_model(self.unet), state)
                             path, picture = self.validator.run(exported, self.step, self.out)
                         logger.info("Validation grid of step %d: %s", self.step, path)
                         if self.tensorboard is not None:
@@ -423,15 +473,27 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(path))
         acc.wait_for_everyone()  # every process's own files (its RNG state) are written before `complete` is
+        state = self.trained_state()  # every process: under FSDP it gathers the shards
         if acc.is_main_process:
             base_hash = self.model.model_hash if self.config.lora.rank else None
             ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes, base_hash)
             ckpt.prune(self.out, self.config.checkpoints.total_limit)
             with self.encoders_loaded():
-                self.export()
+                self.export(state)
             logger.info("Saved %s and %s", path, self.out / EXPORT)
         acc.wait_for_everyone()
         return path
+
+    def trained_state(self) -> dict[str, torch.Tensor] | None:
+        """The UNet's whole float32 CPU state with the EMA's weights on the main process, None on the others.
+        Every process calls it: under FSDP they gather the shards together."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if not acc.is_main_process and acc.distributed_type != DistributedType.FSDP:
+            return None
+        state = trained_state(acc.unwrap_model(self.unet), self.ema)
+        return state if acc.is_main_process else None
 
     def encoders_loaded(self):
         """The model's VAE and text encoder in memory for the block (parked while training reads the cache)."""
@@ -463,15 +525,15 @@ class Trainer:
                 f"at that path, or start a new run in a new output_dir."
             )
 
-    def export(self) -> None:
-        """``export/diffusers/`` and ``export/model.safetensors`` (EMA weights when EMA is on), each atomically;
-        a LoRA run writes only ``export/lora.safetensors``, the adapter in ComfyUI's format."""
+    def export(self, state: dict[str, torch.Tensor]) -> None:
+        """``export/diffusers/`` and ``export/model.safetensors`` holding ``state`` (:meth:`trained_state`), each
+        atomically; a LoRA run writes only ``export/lora.safetensors``, the adapter in ComfyUI's format."""
         from ip2p.headless.export import save_diffusers, save_single_file
 
         if self.config.lora.rank:
-            self.export_adapter()
+            self.export_adapter(state)
             return
-        exported = model_for_export(self.model, self.accelerator.unwrap_model(self.unet), self.ema)
+        exported = model_for_export(self.model, self.accelerator.unwrap_model(self.unet), state)
         save_diffusers(exported, self.out / EXPORT / "diffusers")
         save_single_file(
             exported,
@@ -479,11 +541,9 @@ class Trainer:
             dtype=torch.float16 if self.config.export.fp16 else None,
         )
 
-    def export_adapter(self) -> Path:
+    def export_adapter(self, state: dict[str, torch.Tensor]) -> Path:
         c = self.config
-        plain, adapters = lora.split_state(
-            self.accelerator.unwrap_model(self.unet), trained_state(self.accelerator.unwrap_model(self.unet), self.ema)
-        )
+        plain, adapters = lora.split_state(self.accelerator.unwrap_model(self.unet), state)
         conv_in_diff = None
         if self.base_conv_in is not None:
             conv_in_diff = (

@@ -177,10 +177,29 @@ def peak_memory(device) -> dict[str, float]:
     return {"peak_rss_gb": round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` whole: FSDP shards parameters into DTensors, and gathering one is a collective (every process
+    must call this for the same tensors in the same order); a plain tensor is returned as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_like(whole_tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``whole_tensor`` laid out as ``like``: this process's shard when ``like`` is an FSDP DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    whole_tensor = whole_tensor.to(device=like.device, dtype=like.dtype)
+    if isinstance(like, DTensor):
+        return distribute_tensor(whole_tensor, like.device_mesh, like.placements)
+    return whole_tensor
+
+
 class EMA:
     """An exponential moving average of a module's trainable parameters (float32, on the module's device).
 
-    Checkpointed through accelerate (``register_for_checkpointing``: ``state_dict`` / ``load_state_dict``).
+    Under FSDP the shadows are shards, like the parameters they follow. Checkpointed through accelerate
+    (``register_for_checkpointing``: ``state_dict`` gathers whole tensors, ``load_state_dict`` shards them).
     """
 
     def __init__(self, module: torch.nn.Module, decay: float, warmup: bool = True) -> None:
@@ -196,13 +215,14 @@ class EMA:
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1.0 - decay)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": self.shadow}
+        shadow = [whole(s) for s in self.shadow]
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": shadow}
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["shadow"]) != len(self.shadow):
             raise IP2PError("The checkpoint's EMA does not fit this model (a different number of parameters).")
         self.updates = int(state["updates"])
-        self.shadow = [s.to(device=t.device, dtype=t.dtype) for s, t in zip(state["shadow"], self.shadow, strict=True)]
+        self.shadow = [shard_like(s, t) for s, t in zip(state["shadow"], self.shadow, strict=True)]
 
 
 def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -214,23 +234,26 @@ def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def trained_state(unet: torch.nn.Module, ema: EMA | None) -> dict[str, torch.Tensor]:
-    """The UNet's state as float32 CPU tensors, with the EMA's shadows for the trainable parameters."""
-    state = {k: v.detach() for k, v in unet.state_dict().items()}
+    """The UNet's state as whole float32 CPU tensors, with the EMA's shadows for the trainable parameters.
+
+    Under FSDP this gathers the shards: every process calls it (only the main one uses the result).
+    """
+    state = {k: whole(v.detach()) for k, v in unet.state_dict().items()}
     if ema is not None:
         trainable = [name for name, p in unet.named_parameters() if p.requires_grad]  # the EMA's order
-        state.update(zip(trainable, ema.shadow, strict=True))
+        state.update(zip(trainable, (whole(s) for s in ema.shadow), strict=True))
     return {k: v.to(device="cpu", dtype=torch.float32) for k, v in state.items()}  # copies only off-CPU/non-fp32
 
 
-def model_for_export(model: EditModel, unet: torch.nn.Module, ema: EMA | None) -> EditModel:
-    """A float32 CPU view of the model to save, with the EMA weights in the UNet when there is an EMA.
+def model_for_export(model: EditModel, unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> EditModel:
+    """A float32 CPU view of the model to save, its UNet holding ``state`` (:func:`trained_state`: the EMA's
+    weights when there is an EMA).
 
     Nothing already float32 on the CPU is copied: the exported UNet's parameters are the live weights
     (or the EMA's shadows, separate tensors) assigned to a second module, which is only read, so the
     training modules are never moved or modified and a save adds no UNet-sized copy (SD 1.5: 3.4 GB).
     A LoRA run's UNet is exported with its adapters merged (only the wrapped weights are new tensors).
     """
-    state = trained_state(unet, ema)
     if lora.lora_paths(unet):
         state = lora.merged_state(*lora.split_state(unet, state))
     exported_unet = _empty_like(unet)

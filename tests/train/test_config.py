@@ -13,6 +13,7 @@ from ip2p_train.config import (
     shipped_configs,
     to_yaml,
 )
+from ip2p_train.loop import lr_factor
 
 from ip2p.errors import IP2PError
 
@@ -74,6 +75,8 @@ def test_impossible_values_are_refused_with_the_key():
         load_config("sd15", ["dropout.text=0.6", "dropout.image=0.6"])
     with pytest.raises(IP2PError, match="optim.snr_gamma"):
         load_config("sd15", ["optim.snr_gamma=0"])
+    with pytest.raises(IP2PError, match="optim.lr_schedule is 'cosin'; choose one of constant, cosine, linear"):
+        load_config("sd15", ["optim.lr_schedule=cosin"])
 
 
 def test_an_override_without_equals_sign_is_refused():
@@ -112,3 +115,12 @@ def test_a_resume_may_move_the_latent_cache_but_not_turn_it_off():
     off.data.cache = False
     assert differences(run, moved) == []
     assert differences(run, off) == ["data.cache: True -> False"]
+
+
+def test_the_learning_rate_warms_up_then_holds_or_decays_to_zero_at_max_steps():
+    constant, cosine, linear = (lr_factor(name, 10, 110) for name in ("constant", "cosine", "linear"))
+    assert [constant(s) for s in (0, 4, 9)] == [cosine(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # the same warm-up
+    assert [constant(s) for s in (10, 60, 109)] == [1.0, 1.0, 1.0]
+    assert [round(cosine(s), 6) for s in (10, 60, 110)] == [1.0, 0.5, 0.0]
+    assert [round(linear(s), 6) for s in (10, 35, 110)] == [1.0, 0.75, 0.0]
+    assert cosine(500) == linear(500) == 0.0  # past max_steps: no negative rates

@@ -176,7 +176,7 @@ def test_a_lora_checkpoint_missing_an_adapter_is_refused_on_resume(lora_config, 
 
 def test_the_adapter_merged_by_ip2p_lora_merge_is_the_trained_model(lora_run, tmp_path):
     """The trainer's own merged view (what validation samples) equals the base plus the adapter file."""
-    from ip2p_train.model import model_for_export
+    from ip2p_train.model import model_for_export, trained_state
 
     from ip2p.headless.export import save_single_file
     from ip2p.headless.loading import load_edit_model
@@ -189,7 +189,7 @@ def test_the_adapter_merged_by_ip2p_lora_merge_is_the_trained_model(lora_run, tm
         == 0
     )
     loaded = load_edit_model(merged).unet.state_dict()
-    expected = model_for_export(trainer.model, trainer.unet, trainer.ema).unet.state_dict()
+    expected = model_for_export(trainer.model, trainer.unet, trained_state(trainer.unet, trainer.ema)).unet.state_dict()
     assert loaded.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(loaded[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -108,6 +108,17 @@ def test_resuming_with_an_incompatible_config_is_refused_and_nothing_is_overwrit
     assert _snapshot(run_a) == before
 
 
+def test_a_decaying_learning_rate_keeps_its_max_steps_on_resume(paper_dataset, tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(paper_dataset, out, max_steps=2, **{"optim.lr_schedule": "cosine"})
+    assert main(["train", "toy", *overrides, "-q"]) == 0
+    before = _snapshot(out)
+    longer = tiny_overrides(paper_dataset, out, max_steps=4, **{"optim.lr_schedule": "cosine"})
+    assert main(["train", "toy", *longer, "--resume", "latest"]) == 2
+    assert "decays its learning rate (cosine) to zero at max_steps=2" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
 def test_resuming_with_another_process_count_is_refused_and_nothing_is_overwritten(
     paper_dataset, tiny_overrides, tmp_path, capsys
 ):

@@ -1,6 +1,7 @@
-"""Scale-out configs shipped in train/configs/accelerate/: they parse with accelerate's own loader, and
-DeepSpeed gets the trainer's batch size, accumulation and clipping (DeepSpeed itself needs GPUs; the
-data-parallel config runs for real in tests/train/test_multiprocess.py)."""
+"""Scale-out configs shipped in train/configs/accelerate/: they parse with accelerate's own loader,
+DeepSpeed gets the trainer's batch size, accumulation and clipping, and the sharded set-ups the
+trainer cannot train correctly are refused by name (DeepSpeed itself needs GPUs; the data-parallel
+config runs for real in tests/train/test_multiprocess.py, the FSDP one in tests/train/test_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from ip2p_train.config import load_config
-from ip2p_train.loop import configure_deepspeed
+from ip2p_train.loop import check_sharding, configure_deepspeed
 
 from ip2p.errors import IP2PError
 
@@ -47,3 +49,32 @@ def test_a_deepspeed_config_that_contradicts_the_trainers_is_refused_by_name():
 
 def test_without_deepspeed_nothing_changes():
     configure_deepspeed(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), load_config("sd15", []))
+
+
+def _sharded(kind, fsdp_version: int = 2, zero_stage: int | None = None):
+    fsdp = SimpleNamespace(fsdp_version=fsdp_version) if kind == DistributedType.FSDP else None
+    deepspeed = SimpleNamespace(zero_stage=zero_stage) if zero_stage is not None else None
+    return SimpleNamespace(
+        distributed_type=kind, num_processes=2, state=SimpleNamespace(fsdp_plugin=fsdp, deepspeed_plugin=deepspeed)
+    )
+
+
+def test_fsdp2_and_zero2_are_accepted():
+    config = load_config("sd15", [])
+    check_sharding(_sharded(DistributedType.FSDP), config)
+    check_sharding(_sharded(DistributedType.DEEPSPEED, zero_stage=2), config)
+    check_sharding(_sharded(DistributedType.MULTI_GPU), config)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "overrides", "message"),
+    [
+        (_sharded(DistributedType.FSDP, fsdp_version=1), [], "fsdp_version: 2"),
+        (_sharded(DistributedType.FSDP), ["lora.rank=16"], "multi_gpu.yaml"),
+        (_sharded(DistributedType.DEEPSPEED, zero_stage=3), [], "ZeRO-2 .*deepspeed_zero2.yaml.*fsdp.yaml"),
+    ],
+    ids=["fsdp1", "lora-under-fsdp", "zero3"],
+)
+def test_sharded_setups_the_trainer_cannot_follow_are_refused_with_the_one_to_use(accelerator, overrides, message):
+    with pytest.raises(IP2PError, match=message):
+        check_sharding(accelerator, load_config("sd15", overrides))

@@ -17,7 +17,7 @@ from ip2p_train import checkpoints as ckpt
 from ip2p_train import validation
 from ip2p_train.config import ValidationConfig, load_config
 from ip2p_train.loop import Trainer, train
-from ip2p_train.model import EMA, load_base, model_for_export
+from ip2p_train.model import EMA, load_base, model_for_export, trained_state
 from PIL import Image
 
 from ip2p import sizing
@@ -163,7 +163,9 @@ def test_validation_leaves_the_trained_unet_and_the_random_state_untouched(tiny_
     ema.shadow = [s + 0.01 for s in ema.shadow]  # EMA weights that differ from the trained ones
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     rng = torch.get_rng_state()
-    path, _ = _one_image_validator(paper_dataset).run(model_for_export(tiny_model, unet, ema), 5, tmp_path)
+    path, _ = _one_image_validator(paper_dataset).run(
+        model_for_export(tiny_model, unet, trained_state(unet, ema)), 5, tmp_path
+    )
     assert path == tmp_path / "validation" / "step-5.png" and path.is_file()
     assert torch.equal(torch.get_rng_state(), rng)
     for key, value in unet.state_dict().items():
@@ -172,7 +174,7 @@ def test_validation_leaves_the_trained_unet_and_the_random_state_untouched(tiny_
 
 def test_the_same_weights_give_the_same_grid_at_every_step(tiny_model, paper_dataset, tmp_path):
     validator = _one_image_validator(paper_dataset)
-    model = model_for_export(tiny_model, tiny_model.unet, None)
+    model = model_for_export(tiny_model, tiny_model.unet, trained_state(tiny_model.unet, None))
     first, second = validator.run(model, 1, tmp_path)[1], validator.run(model, 2, tmp_path)[1]
     assert torch.equal(first, second)
 

@@ -48,7 +48,7 @@ def test_a_base_model_file_is_widened_on_load_and_its_ema_is_widened_too(tmp_pat
 
 
 def test_exporting_the_ema_weights_leaves_the_trained_weights_untouched():
-    from ip2p_train.model import model_for_export
+    from ip2p_train.model import model_for_export, trained_state
 
     model = build_random_model("tiny", in_channels=8, seed=0)
     ema = EMA(model.unet, 0.9)
@@ -56,6 +56,6 @@ def test_exporting_the_ema_weights_leaves_the_trained_weights_untouched():
         for shadow in ema.shadow:
             shadow.add_(1.0)  # the EMA now differs from the trained weights
     trained = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    exported = model_for_export(model, model.unet, ema)
+    exported = model_for_export(model, model.unet, trained_state(model.unet, ema))
     assert all(torch.equal(v, trained[k]) for k, v in model.unet.state_dict().items())
     assert torch.equal(exported.unet.conv_in.weight, trained["conv_in.weight"] + 1.0)

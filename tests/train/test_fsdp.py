@@ -1,0 +1,116 @@
+"""FSDP2: two CPU processes sharding the UNet train what one process trains at twice their batch.
+
+The shipped ``train/configs/accelerate/fsdp.yaml`` is launched for real with ``accelerate launch
+--num_processes 2``; accelerate gives FSDP to accelerators only, so ``fsdp_on_cpu.py`` switches its
+state to FSDP on these CPU processes (its docstring says how), and from there accelerate's own FSDP2
+code shards the tiny UNet over gloo. The sharded run stops at step 2 and resumes from its sharded
+checkpoint: its EMA export and its losses must equal an uninterrupted one-process run's. What this
+proves on a CPU: the EMA follows the parameter shards, checkpoints save and restore the shards and
+the EMA, validation and export gather whole weights. What it cannot: GPU memory or speed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from ip2p_train import checkpoints as ckpt
+from ip2p_train.model import load_base
+from safetensors.torch import load_file
+
+from ip2p.cli.main import main
+
+BATCH = 2  # per process; the one-process run uses 2 x BATCH
+STEPS = 4
+LOSS_TOLERANCE = 1e-6  # relative
+WEIGHT_TOLERANCE = 1e-6  # absolute, on every exported UNet weight
+FSDP_CONFIG = resources.files("ip2p_train").joinpath("configs", "accelerate", "fsdp.yaml")  # the shipped one
+SHIM = Path(__file__).with_name("fsdp_on_cpu.py")
+EXPORTED_UNET = "export/diffusers/unet/diffusion_pytorch_model.safetensors"  # the EMA weights
+
+
+def _overrides(tiny_overrides, data, out, batch_size: int) -> list[str]:
+    # as in test_multiprocess.py: raised dropout so that it happens; eps=1e-4 so that rounding-noise gradients
+    # of biases before a GroupNorm do not take lr-sized Adam steps that differ between batch layouts
+    extra = {"dropout.text": 0.2, "dropout.image": 0.2, "dropout.both": 0.2, "optim.lr": 1e-3, "optim.eps": 1e-4,
+             "validation.every": STEPS, "validation.count": 1, "validation.steps": 2}  # fmt: skip
+    return ["toy", *tiny_overrides(data, out, batch_size=batch_size, max_steps=STEPS, save_every=2, **extra)]
+
+
+def _launch(argv: list[str], root: Path, name: str) -> str:
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",  # the two processes join one gloo group
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0", str(SHIM)]  # fmt: skip
+    log = root / f"{name}.log"
+    with open(log, "w", encoding="utf-8") as sink:
+        process = subprocess.Popen([*launch, *argv], env=env, cwd=root, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            process.wait(timeout=240)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    output = log.read_text(encoding="utf-8", errors="replace")
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def runs(paper_dataset, tiny_overrides, tmp_path_factory):
+    """(one process at batch 2·B, FSDP over two processes at batch B stopped at step 2 and resumed, their logs)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    sharded = root / "sharded"
+    argv = _overrides(tiny_overrides, paper_dataset, sharded, BATCH)
+    first = _launch([*argv, "max_steps=2"], root, "first")
+    resumed = _launch([*argv, "--resume", "latest"], root, "resumed")
+    one = root / "one"
+    assert main(["train", *_overrides(tiny_overrides, paper_dataset, one, 2 * BATCH), "-q"]) == 0
+    return one, sharded, first + resumed
+
+
+def test_the_shipped_fsdp_config_asks_for_fsdp2_with_sharded_checkpoints():
+    config = load_config_from_file(str(FSDP_CONFIG))
+    assert config.distributed_type == "FSDP"
+    assert config.fsdp_config["fsdp_version"] == 2
+    assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+
+
+def test_the_unet_is_sharded_and_its_checkpoint_is_written_in_parts(runs):
+    _, sharded, output = runs
+    assert "FSDP: the UNet is sharded over 2 processes" in output
+    step = ckpt.step_dir(sharded, 2)
+    assert (step / ckpt.COMPLETE).is_file()
+    assert not (step / "model.safetensors").exists()  # no whole copy: accelerate wrote the shards
+    assert sorted(p.name for p in step.glob("*fsdp*")), "no FSDP model/optimizer parts in the checkpoint"
+    assert (sharded / "validation" / f"step-{STEPS}.png").is_file()  # validation gathered whole weights
+
+
+def test_the_sharded_run_resumed_logs_the_losses_of_one_process_at_twice_the_batch(runs):
+    one, sharded, _ = runs
+    single, double = ckpt.read_metrics(one), ckpt.read_metrics(sharded)
+    assert [m["step"] for m in double] == list(range(1, STEPS + 1))
+    for a, b in zip(single, double, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_TOLERANCE), a["step"]
+
+
+def test_the_sharded_ema_export_equals_the_one_process_export(runs):
+    one, sharded, _ = runs
+    single, double = load_file(one / EXPORTED_UNET), load_file(sharded / EXPORTED_UNET)
+    assert single.keys() == double.keys()
+    worst = max(float((single[k] - double[k]).abs().max()) for k in single)
+    assert worst <= WEIGHT_TOLERANCE
+    start = load_base("config:tiny", seed=0).unet.state_dict()
+    moved = max(float((single[k] - start[k]).abs().max()) for k in single)
+    assert moved > 100 * WEIGHT_TOLERANCE  # the comparison is not vacuous: training changed the weights
