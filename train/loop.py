@@ -31,16 +31,15 @@ from . import checkpoints as ckpt
 from . import lora
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
+from .memory import ParkedEncoders, peak_memory, return_freed_memory
 from .model import (
     EMA,
-    ParkedEncoders,
     encode_pairs,
     freeze,
     frozen_encoders_on,
     load_base,
     make_optimizer,
     model_for_export,
-    peak_memory,
     trained_state,
 )
 from .validation import log_grid, log_scalars, make_validator, open_tensorboard
@@ -199,6 +198,7 @@ class Trainer:
         from diffusers import DDPMScheduler
 
         c = self.config
+        return_freed_memory()  # before anything large is allocated
         if self.dataset is None and not c.data.path:
             raise IP2PError("data.path is not set: give the dataset to train on, e.g. data.path=/data/ip2p.")
         self.checkpoint = check_run_folder(c, self.resume)

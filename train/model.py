@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import tempfile
 from pathlib import Path
 
 import torch
@@ -104,51 +102,6 @@ def frozen_encoders_on(model: EditModel, device, dtype: torch.dtype) -> EditMode
     return encoder
 
 
-class ParkedEncoders:
-    """A model's frozen VAE and text encoder, out of memory while training reads the latent cache.
-
-    Their float32 weights (and buffers) wait in an unlinked temporary file, which the system deletes
-    with the process, even after kill -9; the modules stay in the model on the meta device and are
-    loaded back only inside :meth:`loaded`, around validation and export.
-    """
-
-    NAMES = ("vae", "text_encoder")
-
-    def __init__(self, model: EditModel) -> None:
-        self.model = model
-        self.file = tempfile.TemporaryFile(prefix="ip2p-encoders-")
-        state = {name: _tensors(getattr(model, name)) for name in self.NAMES}
-        torch.save(state, self.file)
-        self.file.flush()
-        self._release()
-
-    def _release(self) -> None:
-        for name in self.NAMES:
-            getattr(self.model, name).to("meta")
-
-    @contextlib.contextmanager
-    def loaded(self):
-        self.file.seek(0)
-        state = torch.load(self.file, weights_only=True)  # our own file, read as plain tensors all the same
-        for name, tensors in state.items():
-            module = getattr(self.model, name).to_empty(device="cpu")
-            with torch.no_grad():
-                for key, tensor in tensors.items():
-                    kind, _, path = key.partition(":")
-                    (module.get_parameter if kind == "p" else module.get_buffer)(path).copy_(tensor)
-        try:
-            yield self.model
-        finally:
-            self._release()
-
-
-def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer, the non-persistent ones too (which ``state_dict`` leaves out)."""
-    out = {f"p:{name}": p.detach() for name, p in module.named_parameters()}
-    out.update({f"b:{name}": b.detach() for name, b in module.named_buffers()})
-    return out
-
-
 def make_optimizer(params: list[torch.nn.Parameter], optim) -> torch.optim.Optimizer:
     """AdamW with ``optim``'s settings (an :class:`~.config.OptimConfig`): bitsandbytes' 8-bit AdamW when
     ``optim.adam_8bit`` (its two states in 8 bits: 6 bytes less per trained parameter), else torch's fused
@@ -164,17 +117,6 @@ def make_optimizer(params: list[torch.nn.Parameter], optim) -> torch.optim.Optim
             "(or set optim.adam_8bit=false)."
         ) from exc
     return bitsandbytes.optim.AdamW8bit(params, **settings)
-
-
-def peak_memory(device) -> dict[str, float]:
-    """This process's peak memory so far, for metrics.jsonl: allocated GPU memory on CUDA, else peak RSS (GB)."""
-    if torch.device(device).type == "cuda":
-        return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3)}
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"peak_rss_gb": round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)}
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
