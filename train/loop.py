@@ -198,7 +198,6 @@ class Trainer:
         from diffusers import DDPMScheduler
 
         c = self.config
-        return_freed_memory()  # before anything large is allocated
         if self.dataset is None and not c.data.path:
             raise IP2PError("data.path is not set: give the dataset to train on, e.g. data.path=/data/ip2p.")
         self.checkpoint = check_run_folder(c, self.resume)
@@ -214,6 +213,8 @@ class Trainer:
 
         model = load_base(c.model.base, c.seed, widen=not c.lora.rank)
         self.model = model
+        if acc.device.type == "cpu":  # before the training state is allocated
+            return_freed_memory(sum(p.numel() for p in model.unet.parameters()))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         freeze(model.vae)
         freeze(model.text_encoder)
