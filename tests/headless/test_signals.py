@@ -23,8 +23,12 @@ from ip2p.cli.main import main as ip2p_main
 REPO = Path(__file__).resolve().parents[2]
 
 SLOW_WRITER = """
-import pathlib, time
+import pathlib, signal, time
 import safetensors.torch
+
+# Started from a background shell (``pytest ... &``), this process inherits SIGINT ignored, which ip2p
+# rightly leaves ignored (as nohup asks); the test needs the interactive default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _save_file = safetensors.torch.save_file
 
