@@ -243,7 +243,7 @@ class Trainer:
         # The LR schedule is stepped once per optimizer step by us, not by accelerate (which steps it once
         # per process), so warm-up counts optimizer steps whatever the process count.
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
-        # After prepare, which widened nothing but may have sharded the parameters (FSDP): the EMA follows them.
+        # Made after prepare, which shards the parameters under FSDP: the shadows then take the same layout.
         self.ema = EMA(acc.unwrap_model(self.unet), c.ema.decay, c.ema.warmup) if c.ema.enabled else None
         if c.lora.rank:
             lora.checkpoint_trainable_only(acc)
