@@ -63,3 +63,24 @@ def _tiny_overrides(data, output_dir, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def assert_same_trained_unet():
+    """``assert_same_trained_unet(a, b, tolerance)``: two saved UNets (safetensors files) hold the same
+    weights within ``tolerance`` (absolute), and training moved them more than 100x that from the tiny
+    model's start, so the comparison is not vacuous."""
+    return _assert_same_trained_unet
+
+
+def _assert_same_trained_unet(a, b, tolerance: float) -> None:
+    from ip2p_train.model import load_base
+    from safetensors.torch import load_file
+
+    single, double = load_file(a), load_file(b)
+    assert single.keys() == double.keys()
+    worst = max(float((single[k] - double[k]).abs().max()) for k in single)
+    assert worst <= tolerance
+    start = load_base("config:tiny", seed=0).unet.state_dict()
+    moved = max(float((single[k] - start[k]).abs().max()) for k in single)
+    assert moved > 100 * tolerance  # the comparison is not vacuous: training changed the weights
