@@ -30,7 +30,7 @@ def return_freed_memory(parameters: int) -> bool:
     until everything above it is freed too. The activations freed during backward then stay counted
     while the gradients are allocated beside them. A fixed 64 KB threshold gives each such tensor its
     own mapping, unmapped when freed: SD 1.5 at 256 px, float32 AdamW, 0.4 GB (3 %) less peak RSS for
-    about 15 % fewer samples/s (bench/train.py; ``MALLOC_MMAP_THRESHOLD_=33554432`` prefers the speed).
+    17 % fewer samples/s in one A/B round (bench/train.py; ``MALLOC_MMAP_THRESHOLD_=33554432`` prefers the speed).
     Only for models of ``LARGE_MODEL_PARAMETERS`` or more: a small model's steps allocate many small
     blocks, and mapping each costs more than it saves (the tiny model at 64 px: 25 % fewer samples/s
     for 5 % less peak RSS). A ``MALLOC_MMAP_THRESHOLD_`` in the environment is left to rule; elsewhere
