@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
@@ -44,11 +46,11 @@ def load_base(base: str | None, seed: int = 0, widen: bool = True) -> EditModel:
             )
         if name != "toy":
             return build_random_model(name, in_channels=8, seed=seed)
-        from ip2p.headless.toy_model import random_toy_model, shipped_vae
+        from ip2p.formats.hashing import model_hash
+        from ip2p.headless.toy_model import SHIPPED_MODEL, random_toy_model, shipped_vae
 
-        model = random_toy_model(seed)
-        model.vae = shipped_vae()  # a random VAE cannot decode, and the trainer freezes it
-        return model
+        vae = shipped_vae()  # a random VAE cannot decode, and the trainer freezes it
+        return with_frozen_vae(random_toy_model(seed), vae, model_hash(SHIPPED_MODEL / "vae"))
     from ip2p.headless.loading import load_edit_model
 
     path = Path(base).expanduser()
@@ -83,6 +85,13 @@ def encode_pairs(model: EditModel, edited: torch.Tensor, source: torch.Tensor):
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.requires_grad_(False)
     return module.eval()
+
+
+def with_frozen_vae(model: EditModel, vae, vae_hash: str) -> EditModel:
+    """``model`` with ``vae`` (whose weights hash to ``vae_hash``) in place of its own, and a model hash that
+    names both: the latent cache is keyed by it, so a changed VAE must never reuse latents the old one encoded."""
+    identity = f"{model.model_hash}+vae:{vae_hash}"
+    return dataclasses.replace(model, vae=vae, model_hash=hashlib.sha256(identity.encode()).hexdigest()[:12])
 
 
 def frozen_encoders_on(model: EditModel, device, dtype: torch.dtype) -> EditModel:

@@ -276,3 +276,31 @@ def test_the_cache_key_changes_with_every_setting_that_changes_the_latents():
     }
     assert len(keys) == 6
     assert cache_key(model, data, **{**settings, "flip": 0.2}) == cache_key(model, data, **settings)  # the same views
+
+
+def test_the_toy_base_is_keyed_by_the_shipped_vae_it_trains_with(tmp_path, monkeypatch):
+    """``config:toy`` is a random UNet and text encoder with the shipped toy VAE: a reinstalled package with
+    a retrained VAE must not reuse the latents the old VAE encoded."""
+    import shutil
+
+    from ip2p_train.cache import cache_key
+    from ip2p_train.model import load_base
+    from safetensors.torch import load_file, save_file
+
+    from ip2p.headless import toy_model
+
+    shipped = tmp_path / "toy-ip2p"
+    shutil.copytree(toy_model.SHIPPED_MODEL, shipped)
+    monkeypatch.setattr(toy_model, "SHIPPED_MODEL", shipped)
+    data, settings = {"files": "a"}, {"resolution": 64, "flip": 0.0, "dtype": torch.float32}
+    before = load_base("config:toy", seed=0)
+    assert load_base("config:toy", seed=0).model_hash == before.model_hash  # the same parts: the same key
+
+    weights = shipped / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state = {name: tensor * 1.01 if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+    save_file(state, weights)
+    after = load_base("config:toy", seed=0)
+    assert not torch.equal(after.vae.encoder.conv_in.weight, before.vae.encoder.conv_in.weight)
+    assert after.model_hash != before.model_hash
+    assert cache_key(after, data, **settings) != cache_key(before, data, **settings)
