@@ -26,7 +26,7 @@ def load_base(base: str | None, seed: int = 0, widen: bool = True) -> EditModel:
     """``model.base`` -> an 8-channel (InstructPix2Pix) model in float32 on the CPU.
 
     ``config:NAME`` builds the named architecture of :mod:`ip2p.headless.random_model` with random
-    weights (``config:toy`` with the shipped toy model's pretrained VAE); a path is a diffusers folder
+    weights (``config:toy``: a random UNet with the shipped toy model's VAE and text encoder); a path is a diffusers folder
     or a single file of an SD 1.5 model, 4-channel (widened here: pretrained channels copied, new
     ones zero) or 8-channel (training continues from it). ``widen=False`` (a LoRA run) refuses a 4-channel base.
     """
@@ -47,10 +47,11 @@ def load_base(base: str | None, seed: int = 0, widen: bool = True) -> EditModel:
         if name != "toy":
             return build_random_model(name, in_channels=8, seed=seed)
         from ip2p.formats.hashing import model_hash
-        from ip2p.headless.toy_model import SHIPPED_MODEL, random_toy_model, shipped_vae
+        from ip2p.headless.toy_model import SHIPPED_MODEL, random_toy_model, shipped_frozen_parts
 
-        vae = shipped_vae()  # a random VAE cannot decode, and the trainer freezes it
-        return with_frozen_vae(random_toy_model(seed), vae, model_hash(SHIPPED_MODEL / "vae"))
+        vae, text_encoder = shipped_frozen_parts()
+        frozen_hash = "+".join(model_hash(SHIPPED_MODEL / part) for part in ("vae", "text_encoder"))
+        return with_frozen_parts(random_toy_model(seed), frozen_hash, vae=vae, text_encoder=text_encoder)
     from ip2p.headless.loading import load_edit_model
 
     path = Path(base).expanduser()
@@ -87,11 +88,12 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
-def with_frozen_vae(model: EditModel, vae, vae_hash: str) -> EditModel:
-    """``model`` with ``vae`` (whose weights hash to ``vae_hash``) in place of its own, and a model hash that
-    names both: the latent cache is keyed by it, so a changed VAE must never reuse latents the old one encoded."""
-    identity = f"{model.model_hash}+vae:{vae_hash}"
-    return dataclasses.replace(model, vae=vae, model_hash=hashlib.sha256(identity.encode()).hexdigest()[:12])
+def with_frozen_parts(model: EditModel, frozen_hash: str, **parts) -> EditModel:
+    """``model`` with ``parts`` (e.g. ``vae=``, whose weights hash to ``frozen_hash``) in place of its own, and a
+    model hash that names both: the latent cache is keyed by it, so changed frozen parts never reuse what the
+    old ones encoded."""
+    identity = f"{model.model_hash}+{frozen_hash}"
+    return dataclasses.replace(model, **parts, model_hash=hashlib.sha256(identity.encode()).hexdigest()[:12])
 
 
 def frozen_encoders_on(model: EditModel, device, dtype: torch.dtype) -> EditModel:

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 TOY_SIZE = "toy"  # the architecture's name in random_model.SIZES / configs/toy.json
 
 # The trained toy model that ships in the package (a diffusers folder): `ip2p demo`'s default model,
-# and the VAE of `model.base=config:toy`.
+# and the frozen VAE and text encoder of `model.base=config:toy`.
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "toy-ip2p"
 
 # `ip2p dataset toy --seed` runs of the toy model's recipe: it trains on the first, and the demo
@@ -253,17 +253,21 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="toy VAE", unit="step", disable=not enabled, leave=False)
 
 
-def shipped_vae():
-    """The shipped toy model's pretrained VAE (what ``model.base=config:toy`` trains with, frozen)."""
+def shipped_frozen_parts():
+    """The shipped toy model's frozen parts, which ``model.base=config:toy`` trains with: its pretrained VAE
+    (a random VAE cannot decode) and its text encoder (random weights, fixed like SD's CLIP: the training
+    seed then draws only the UNet; redrawn per seed, the encoder alone moved held-out scores by ~0.1)."""
     from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
 
-    folder = SHIPPED_MODEL / "vae"
-    if not (folder / "config.json").is_file():
+    if not (SHIPPED_MODEL / "vae" / "config.json").is_file():
         raise IP2PError(
             f"The shipped toy model is missing ({SHIPPED_MODEL}), so config:toy has no pretrained VAE. Reinstall "
             f"comfyui-ip2p, or build a toy base with its own VAE: ip2p demo --train --out DIR."
         )
-    return AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval()
+    vae = AutoencoderKL.from_pretrained(SHIPPED_MODEL / "vae", use_safetensors=True).eval()
+    text_encoder = CLIPTextModel.from_pretrained(SHIPPED_MODEL / "text_encoder", use_safetensors=True).eval()
+    return vae, text_encoder
 
 
 # --- the base model ---------------------------------------------------------------------------------

@@ -278,9 +278,10 @@ def test_the_cache_key_changes_with_every_setting_that_changes_the_latents():
     assert cache_key(model, data, **{**settings, "flip": 0.2}) == cache_key(model, data, **settings)  # the same views
 
 
-def test_the_toy_base_is_keyed_by_the_shipped_vae_it_trains_with(tmp_path, monkeypatch):
-    """``config:toy`` is a random UNet and text encoder with the shipped toy VAE: a reinstalled package with
-    a retrained VAE must not reuse the latents the old VAE encoded."""
+def test_the_toy_base_trains_with_the_shipped_frozen_parts_and_is_keyed_by_them(tmp_path, monkeypatch):
+    """``config:toy`` is a random UNet (drawn by the seed) with the shipped toy VAE and text encoder: every seed
+    reads the same encoder, and a reinstalled package with a retrained VAE must not reuse the latents the old
+    VAE encoded."""
     import shutil
 
     from ip2p_train.cache import cache_key
@@ -288,13 +289,19 @@ def test_the_toy_base_is_keyed_by_the_shipped_vae_it_trains_with(tmp_path, monke
     from safetensors.torch import load_file, save_file
 
     from ip2p.headless import toy_model
+    from ip2p.headless.loading import load_edit_model
 
     shipped = tmp_path / "toy-ip2p"
     shutil.copytree(toy_model.SHIPPED_MODEL, shipped)
     monkeypatch.setattr(toy_model, "SHIPPED_MODEL", shipped)
     data, settings = {"files": "a"}, {"resolution": 64, "flip": 0.0, "dtype": torch.float32}
-    before = load_base("config:toy", seed=0)
+    before, other_seed = load_base("config:toy", seed=0), load_base("config:toy", seed=1)
     assert load_base("config:toy", seed=0).model_hash == before.model_hash  # the same parts: the same key
+    assert other_seed.model_hash != before.model_hash
+    text_encoder = load_edit_model(shipped).text_encoder.state_dict()
+    for model in (before, other_seed):
+        assert all(torch.equal(t, text_encoder[k]) for k, t in model.text_encoder.state_dict().items())
+    assert not torch.equal(other_seed.unet.conv_in.weight, before.unet.conv_in.weight)
 
     weights = shipped / "vae" / "diffusion_pytorch_model.safetensors"
     state = load_file(weights)
