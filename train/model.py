@@ -46,12 +46,10 @@ def load_base(base: str | None, seed: int = 0, widen: bool = True) -> EditModel:
             )
         if name != "toy":
             return build_random_model(name, in_channels=8, seed=seed)
-        from ip2p.formats.hashing import model_hash
-        from ip2p.headless.toy_model import SHIPPED_MODEL, random_toy_model, shipped_frozen_parts
+        from ip2p.headless.toy_model import random_toy_model, shipped_frozen_parts
 
-        vae, text_encoder = shipped_frozen_parts()
-        frozen_hash = "+".join(model_hash(SHIPPED_MODEL / part) for part in ("vae", "text_encoder"))
-        return with_frozen_parts(random_toy_model(seed), frozen_hash, vae=vae, text_encoder=text_encoder)
+        parts, frozen_hash = shipped_frozen_parts()
+        return with_frozen_parts(random_toy_model(seed), frozen_hash, **parts)
     from ip2p.headless.loading import load_edit_model
 
     path = Path(base).expanduser()
@@ -89,7 +87,7 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def with_frozen_parts(model: EditModel, frozen_hash: str, **parts) -> EditModel:
-    """``model`` with ``parts`` (e.g. ``vae=``, whose weights hash to ``frozen_hash``) in place of its own, and a
+    """``model`` with ``parts`` (e.g. ``vae=``; their weights hash to ``frozen_hash``) in place of its own, and a
     model hash that names both: the latent cache is keyed by it, so changed frozen parts never reuse what the
     old ones encoded."""
     identity = f"{model.model_hash}+{frozen_hash}"

@@ -253,21 +253,28 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="toy VAE", unit="step", disable=not enabled, leave=False)
 
 
-def shipped_frozen_parts():
-    """The shipped toy model's frozen parts, which ``model.base=config:toy`` trains with: its pretrained VAE
-    (a random VAE cannot decode) and its text encoder (random weights, fixed like SD's CLIP: the training
-    seed then draws only the UNet; redrawn per seed, the encoder alone moved held-out scores by ~0.1)."""
+def shipped_frozen_parts() -> tuple[dict, str]:
+    """The shipped toy model's frozen parts, which ``model.base=config:toy`` trains with, and one hash of their
+    weights (the latent cache's key names them). The pretrained VAE (a random VAE cannot decode) and the text
+    encoder (random weights, fixed like SD's CLIP: the training seed then draws only the UNet; redrawn per
+    seed, the encoder alone moved held-out scores by ~0.1)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    if not (SHIPPED_MODEL / "vae" / "config.json").is_file():
+    from ..formats.hashing import model_hash
+
+    classes = {"vae": AutoencoderKL, "text_encoder": CLIPTextModel}
+    missing = [name for name in classes if not (SHIPPED_MODEL / name / "config.json").is_file()]
+    if missing:
         raise IP2PError(
-            f"The shipped toy model is missing ({SHIPPED_MODEL}), so config:toy has no pretrained VAE. Reinstall "
-            f"comfyui-ip2p, or build a toy base with its own VAE: ip2p demo --train --out DIR."
+            f"The shipped toy model is missing its {' and '.join(missing)} ({SHIPPED_MODEL}), so config:toy has no "
+            f"pretrained parts to train with. Reinstall comfyui-ip2p, or build a toy base with its own VAE: "
+            f"ip2p demo --train --out DIR."
         )
-    vae = AutoencoderKL.from_pretrained(SHIPPED_MODEL / "vae", use_safetensors=True).eval()
-    text_encoder = CLIPTextModel.from_pretrained(SHIPPED_MODEL / "text_encoder", use_safetensors=True).eval()
-    return vae, text_encoder
+    parts = {
+        name: cls.from_pretrained(SHIPPED_MODEL / name, use_safetensors=True).eval() for name, cls in classes.items()
+    }
+    return parts, "+".join(model_hash(SHIPPED_MODEL / name) for name in classes)
 
 
 # --- the base model ---------------------------------------------------------------------------------
