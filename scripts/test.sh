@@ -5,18 +5,21 @@
 #   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
 #   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~25 min)
+#   scripts/test.sh deepspeed [ARGS...] DeepSpeed ZeRO-2 on two CPU processes: tests/deepspeed (~1 min; installs
+#                                      DeepSpeed into its own folder, which only this suite puts on the path)
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
 # Environment:
 #   IP2P_VENV      the virtual environment (default: .venv at the repository root; created if missing)
 #   IP2P_COMFY_LIB where ComfyUI's library is installed (default: .cache/comfy-lib)
+#   IP2P_DEEPSPEED_LIB where the deepspeed suite installs DeepSpeed (default: .cache/deepspeed-lib)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 suite=default
-if [ "${1:-}" = server ] || [ "${1:-}" = learning ]; then
+if [ "${1:-}" = server ] || [ "${1:-}" = learning ] || [ "${1:-}" = deepspeed ]; then
     suite=$1
     shift
 fi
@@ -28,6 +31,7 @@ torchvision_version=0.28.0
 notcomfy_version=0.1.0
 open_clip_version=3.3.0
 torchsde_version=0.2.6
+deepspeed_version=0.19.8
 
 venv=${IP2P_VENV:-$root/.venv}
 comfy_lib=${IP2P_COMFY_LIB:-$root/.cache/comfy-lib}
@@ -73,6 +77,20 @@ if [ "$suite" = server ]; then
         PYTHON=$py bash scripts/server_host.sh
     fi
     paths=(tests/server)
+elif [ "$suite" = deepspeed ]; then
+    # DeepSpeed and its pure-Python needs, without dependencies (torch stays the pinned CPU wheel; its setup reads
+    # the installed torch, hence no build isolation). Its CPU communication op is compiled on first use (g++, ninja).
+    deepspeed_lib=${IP2P_DEEPSPEED_LIB:-$root/.cache/deepspeed-lib}
+    ds_key="$("$py" -V) deepspeed=$deepspeed_version"
+    if [ "$(cat "$deepspeed_lib/.ip2p-deepspeed" 2>/dev/null)" != "$ds_key" ]; then
+        echo "test.sh: installing DeepSpeed into $deepspeed_lib"
+        rm -rf "$deepspeed_lib"
+        "$py" -m pip install --quiet --no-deps --no-build-isolation --target "$deepspeed_lib" \
+            "deepspeed==$deepspeed_version" "hjson==3.1.0" "msgpack==1.2.4" "ninja==1.13.2" "py-cpuinfo==9.0.0"
+        echo "$ds_key" >"$deepspeed_lib/.ip2p-deepspeed"
+    fi
+    export PYTHONPATH="$deepspeed_lib${PYTHONPATH:+:$PYTHONPATH}" PATH="$deepspeed_lib/bin:$PATH"
+    paths=(tests/deepspeed)
 elif [ "$suite" = learning ]; then
     paths=(tests/learning)  # the toy recipe at full length (~25 min on 2 cores)
 else

@@ -95,6 +95,24 @@ def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
     return None
 
 
+def process_group_kwargs() -> list:
+    """Accelerator settings for the process group: gloo when DeepSpeed is launched on CPU processes.
+
+    There accelerate names no backend (it knows GPUs and other accelerators only), so each process would
+    train alone; DeepSpeed itself runs on CPUs (its ZeRO sharding is tested so, ``scripts/test.sh deepspeed``).
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    launched = "LOCAL_RANK" in os.environ and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if not launched:
+        return []
+    try:
+        from deepspeed.accelerator import get_accelerator
+    except ImportError:  # accelerate says so next, with the install command
+        return []
+    return [InitProcessGroupKwargs(backend="gloo")] if get_accelerator().device_name() == "cpu" else []
+
+
 def check_processes(accelerator) -> None:
     """Refuse processes that a launcher started together but that did not join one process group.
 
@@ -202,7 +220,9 @@ class Trainer:
             raise IP2PError("data.path is not set: give the dataset to train on, e.g. data.path=/data/ip2p.")
         self.checkpoint = check_run_folder(c, self.resume)
         self.accelerator = acc = Accelerator(
-            mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps
+            mixed_precision=c.mixed_precision,
+            gradient_accumulation_steps=c.gradient_accumulation_steps,
+            kwargs_handlers=process_group_kwargs(),
         )
         check_processes(acc)
         set_seed(c.seed)
