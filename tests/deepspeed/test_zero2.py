@@ -18,8 +18,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from ip2p_train import checkpoints as ckpt
+from safetensors.torch import load_file
 
 from ip2p.cli.main import main
 
@@ -41,11 +43,12 @@ def _overrides(tiny_overrides, data, out, batch_size: int) -> list[str]:
     return ["toy", *tiny_overrides(data, out, batch_size=batch_size, max_steps=STEPS, save_every=2, **extra)]
 
 
-def _launch(argv: list[str], root: Path, name: str) -> str:
+def _launch(argv: list[str], root: Path, name: str, mixed_precision: str = "no") -> str:
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}  # it turns DeepSpeed off
     env.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO2_CONFIG),
-              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0", "-m", "ip2p_train"]  # fmt: skip
+              "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", "0",
+              "-m", "ip2p_train"]  # fmt: skip
     log = root / f"{name}.log"
     with open(log, "w", encoding="utf-8") as sink:
         process = subprocess.Popen([*launch, *argv], env=env, cwd=root, stdout=sink, stderr=subprocess.STDOUT,
@@ -103,6 +106,24 @@ def test_the_resumed_zero2_run_logs_the_losses_of_one_process_at_twice_the_batch
 def test_the_zero2_ema_export_equals_the_one_process_export(runs, assert_same_trained_unet):
     one, sharded, _ = runs
     assert_same_trained_unet(one / EXPORTED_UNET, sharded / EXPORTED_UNET, WEIGHT_TOLERANCE)
+
+
+def test_the_shipped_config_at_its_own_bf16_trains_and_exports_float32(paper_dataset, tiny_overrides, tmp_path):
+    config = load_config_from_file(str(ZERO2_CONFIG))
+    assert config.mixed_precision == "bf16"
+    run = tmp_path / "bf16"
+    argv = [
+        "toy",
+        *tiny_overrides(paper_dataset, run, max_steps=2, save_every=2, mixed_precision=config.mixed_precision),
+    ]
+    _launch(argv, tmp_path, "bf16", mixed_precision=config.mixed_precision)
+    assert all(m["loss"] > 0 for m in ckpt.read_metrics(run))  # finite: the trainer stops on a non-finite loss
+    shards = sorted(p.name for p in ckpt.step_dir(run, 2).rglob("*optim_states.pt"))
+    assert shards == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    assert {t.dtype for t in load_file(run / EXPORTED_UNET).values()} == {torch.float32}  # the float32 master weights
 
 
 def test_a_deepspeed_launch_on_cpu_processes_joins_them_over_gloo(monkeypatch):
