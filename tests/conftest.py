@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -91,3 +94,36 @@ def _assert_same_trained_unet(a, b, tolerance: float) -> None:
     start = load_base("config:tiny", seed=0).unet.state_dict()
     moved = max(float((single[k] - start[k]).abs().max()) for k in single)
     assert moved > 100 * tolerance  # the comparison is not vacuous: training changed the weights
+
+
+@pytest.fixture(scope="session")
+def launch_two_processes():
+    """``launch_two_processes(config, program, root, name, use_cpu=..., timeout=..., mixed_precision="no")``: run
+    ``accelerate launch --config_file CONFIG --num_processes 2 … PROGRAM`` in ``root`` and return its output."""
+    return _launch_two_processes
+
+
+def _launch_two_processes(
+    config, program: list[str], root, name: str, *, use_cpu: bool, timeout: float, mixed_precision: str = "no"
+) -> str:
+    """``use_cpu``: set ACCELERATE_USE_CPU=1 (accelerate's CPU process group); else it is removed (DeepSpeed, which it
+    would turn off). The log goes to a file, not a pipe, and the whole process group is killed on a timeout."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1")  # no accelerate default config of this machine's user
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+              "--mixed_precision", mixed_precision, "--main_process_port", "0", *program]  # fmt: skip
+    log = root / f"{name}.log"
+    with open(log, "w", encoding="utf-8") as sink:
+        process = subprocess.Popen(launch, env=env, cwd=root, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    output = log.read_text(encoding="utf-8", errors="replace")
+    assert process.returncode == 0, output[-4000:]
+    return output

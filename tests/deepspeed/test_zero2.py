@@ -10,10 +10,6 @@ and its losses must equal an uninterrupted one-process run's. What this cannot s
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -43,35 +39,20 @@ def _overrides(tiny_overrides, data, out, batch_size: int) -> list[str]:
     return ["toy", *tiny_overrides(data, out, batch_size=batch_size, max_steps=STEPS, save_every=2, **extra)]
 
 
-def _launch(argv: list[str], root: Path, name: str, mixed_precision: str = "no") -> str:
-    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}  # it turns DeepSpeed off
-    env.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO2_CONFIG),
-              "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", "0",
-              "-m", "ip2p_train"]  # fmt: skip
-    log = root / f"{name}.log"
-    with open(log, "w", encoding="utf-8") as sink:
-        process = subprocess.Popen([*launch, *argv], env=env, cwd=root, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            process.wait(timeout=300)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    output = log.read_text(encoding="utf-8", errors="replace")
-    assert process.returncode == 0, output[-4000:]
-    return output
+def _launch(launch_two_processes, argv: list[str], root: Path, name: str, mixed_precision: str = "no") -> str:
+    program = ["-m", "ip2p_train", *argv]  # no ACCELERATE_USE_CPU: it turns DeepSpeed off
+    return launch_two_processes(ZERO2_CONFIG, program, root, name, use_cpu=False, timeout=300,
+                                mixed_precision=mixed_precision)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def runs(paper_dataset, tiny_overrides, tmp_path_factory):
+def runs(paper_dataset, tiny_overrides, tmp_path_factory, launch_two_processes):
     """(one process at batch 2·B, ZeRO-2 over two processes at batch B stopped at step 2 and resumed, their logs)."""
     root = tmp_path_factory.mktemp("zero2")
     sharded = root / "zero2"
     argv = _overrides(tiny_overrides, paper_dataset, sharded, BATCH)
-    first = _launch([*argv, "max_steps=2"], root, "first")
-    resumed = _launch([*argv, "--resume", "latest"], root, "resumed")
+    first = _launch(launch_two_processes, [*argv, "max_steps=2"], root, "first")
+    resumed = _launch(launch_two_processes, [*argv, "--resume", "latest"], root, "resumed")
     one = root / "one"
     assert main(["train", *_overrides(tiny_overrides, paper_dataset, one, 2 * BATCH), "-q"]) == 0
     return one, sharded, first + resumed
@@ -108,7 +89,9 @@ def test_the_zero2_ema_export_equals_the_one_process_export(runs, assert_same_tr
     assert_same_trained_unet(one / EXPORTED_UNET, sharded / EXPORTED_UNET, WEIGHT_TOLERANCE)
 
 
-def test_the_shipped_config_at_its_own_bf16_trains_and_exports_float32(paper_dataset, tiny_overrides, tmp_path):
+def test_the_shipped_config_at_its_own_bf16_trains_and_exports_float32(
+    paper_dataset, tiny_overrides, tmp_path, launch_two_processes
+):
     config = load_config_from_file(str(ZERO2_CONFIG))
     assert config.mixed_precision == "bf16"
     run = tmp_path / "bf16"
@@ -116,7 +99,7 @@ def test_the_shipped_config_at_its_own_bf16_trains_and_exports_float32(paper_dat
         "toy",
         *tiny_overrides(paper_dataset, run, max_steps=2, save_every=2, mixed_precision=config.mixed_precision),
     ]
-    _launch(argv, tmp_path, "bf16", mixed_precision=config.mixed_precision)
+    _launch(launch_two_processes, argv, tmp_path, "bf16", mixed_precision=config.mixed_precision)
     assert all(m["loss"] > 0 for m in ckpt.read_metrics(run))  # finite: the trainer stops on a non-finite loss
     shards = sorted(p.name for p in ckpt.step_dir(run, 2).rglob("*optim_states.pt"))
     assert shards == [

@@ -11,10 +11,6 @@ the EMA, validation and export gather whole weights. What it cannot: GPU memory 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -41,38 +37,18 @@ def _overrides(tiny_overrides, data, out, batch_size: int) -> list[str]:
     return ["toy", *tiny_overrides(data, out, batch_size=batch_size, max_steps=STEPS, save_every=2, **extra)]
 
 
-def _launch(argv: list[str], root: Path, name: str) -> str:
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",  # the two processes join one gloo group
-        "HF_HOME": str(root / "hf"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0", str(SHIM)]  # fmt: skip
-    log = root / f"{name}.log"
-    with open(log, "w", encoding="utf-8") as sink:
-        process = subprocess.Popen([*launch, *argv], env=env, cwd=root, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            process.wait(timeout=240)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    output = log.read_text(encoding="utf-8", errors="replace")
-    assert process.returncode == 0, output[-4000:]
-    return output
-
-
 @pytest.fixture(scope="module")
-def runs(paper_dataset, tiny_overrides, tmp_path_factory):
+def runs(paper_dataset, tiny_overrides, tmp_path_factory, launch_two_processes):
     """(one process at batch 2·B, FSDP over two processes at batch B stopped at step 2 and resumed, their logs)."""
     root = tmp_path_factory.mktemp("fsdp")
     sharded = root / "sharded"
     argv = _overrides(tiny_overrides, paper_dataset, sharded, BATCH)
-    first = _launch([*argv, "max_steps=2"], root, "first")
-    resumed = _launch([*argv, "--resume", "latest"], root, "resumed")
+
+    def launch(extra: list[str], name: str) -> str:  # accelerate's state switched to FSDP on gloo by the shim
+        return launch_two_processes(FSDP_CONFIG, [str(SHIM), *argv, *extra], root, name, use_cpu=True, timeout=240)
+
+    first = launch(["max_steps=2"], "first")
+    resumed = launch(["--resume", "latest"], "resumed")
     one = root / "one"
     assert main(["train", *_overrides(tiny_overrides, paper_dataset, one, 2 * BATCH), "-q"]) == 0
     return one, sharded, first + resumed
