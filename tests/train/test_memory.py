@@ -2,7 +2,7 @@
 once (glibc, Linux); one training a small model keeps the allocator's faster default.
 
 Each case runs in its own process (the allocator's settings are per process): 200 one-MiB tensors,
-each allocated beside a small long-lived one, as a backward pass frees activations while it
+each allocated beside a smaller (96 KiB) long-lived one, as a backward pass frees activations while it
 allocates gradients; then the big ones are freed.
 """
 
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
     keep, big = [], []
     for _ in range(200):
         big.append(torch.ones(1 << 18))  # 1 MiB
-        keep.append(torch.ones(16))
+        keep.append(torch.ones(24576))  # 96 KiB: too big for the small holes an import may leave below
     before = rss(); del big
     print((before - rss()) / 2**20)
     """
