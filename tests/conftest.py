@@ -127,3 +127,38 @@ def _launch_two_processes(
     output = log.read_text(encoding="utf-8", errors="replace")
     assert process.returncode == 0, output[-4000:]
     return output
+
+
+@pytest.fixture(scope="session")
+def stopped_resumed_and_one_process():
+    """``stopped_resumed_and_one_process(launch, argv_for, root, batch)`` -> ``(one, sharded, logs)``: the scale-out
+    suites' three runs. ``launch(argv, name)`` starts two processes; ``argv_for(out, batch_size)`` is a run's
+    trainer arguments. Two processes at ``batch`` train into ``root/sharded``, stopped at step 2 and resumed from
+    that checkpoint; one process at twice the batch trains into ``root/one``: the same global batch."""
+    return _stopped_resumed_and_one_process
+
+
+def _stopped_resumed_and_one_process(launch, argv_for, root, batch: int):
+    from ip2p.cli.main import main
+
+    sharded, one = root / "sharded", root / "one"
+    first = launch([*argv_for(sharded, batch), "max_steps=2"], "first")
+    resumed = launch([*argv_for(sharded, batch), "--resume", "latest"], "resumed")
+    assert main(["train", *argv_for(one, 2 * batch), "-q"]) == 0
+    return one, sharded, first + resumed
+
+
+@pytest.fixture(scope="session")
+def assert_same_losses():
+    """``assert_same_losses(one, sharded, steps, rel)``: the two run folders logged every step 1..``steps``, with
+    losses equal within ``rel`` (relative)."""
+    return _assert_same_losses
+
+
+def _assert_same_losses(one, sharded, steps: int, rel: float) -> None:
+    from ip2p_train import checkpoints as ckpt
+
+    single, double = ckpt.read_metrics(one), ckpt.read_metrics(sharded)
+    assert [m["step"] for m in double] == list(range(1, steps + 1))
+    for a, b in zip(single, double, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=rel), a["step"]

@@ -18,8 +18,6 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from ip2p_train import checkpoints as ckpt
 
-from ip2p.cli.main import main
-
 BATCH = 2  # per process; the one-process run uses 2 x BATCH
 STEPS = 4
 LOSS_TOLERANCE = 1e-6  # relative
@@ -38,20 +36,17 @@ def _overrides(tiny_overrides, data, out, batch_size: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(paper_dataset, tiny_overrides, tmp_path_factory, launch_two_processes):
+def runs(paper_dataset, tiny_overrides, tmp_path_factory, launch_two_processes, stopped_resumed_and_one_process):
     """(one process at batch 2·B, FSDP over two processes at batch B stopped at step 2 and resumed, their logs)."""
+
+    def argv_for(out, batch_size: int) -> list[str]:
+        return _overrides(tiny_overrides, paper_dataset, out, batch_size)
+
+    def launch(argv: list[str], name: str) -> str:  # accelerate's state switched to FSDP on gloo by the shim
+        return launch_two_processes(FSDP_CONFIG, [str(SHIM), *argv], root, name, use_cpu=True, timeout=240)
+
     root = tmp_path_factory.mktemp("fsdp")
-    sharded = root / "sharded"
-    argv = _overrides(tiny_overrides, paper_dataset, sharded, BATCH)
-
-    def launch(extra: list[str], name: str) -> str:  # accelerate's state switched to FSDP on gloo by the shim
-        return launch_two_processes(FSDP_CONFIG, [str(SHIM), *argv, *extra], root, name, use_cpu=True, timeout=240)
-
-    first = launch(["max_steps=2"], "first")
-    resumed = launch(["--resume", "latest"], "resumed")
-    one = root / "one"
-    assert main(["train", *_overrides(tiny_overrides, paper_dataset, one, 2 * BATCH), "-q"]) == 0
-    return one, sharded, first + resumed
+    return stopped_resumed_and_one_process(launch, argv_for, root, BATCH)
 
 
 def test_the_shipped_fsdp_config_asks_for_fsdp2_with_sharded_checkpoints():
@@ -71,12 +66,9 @@ def test_the_unet_is_sharded_and_its_checkpoint_is_written_in_parts(runs):
     assert (sharded / "validation" / f"step-{STEPS}.png").is_file()  # validation gathered whole weights
 
 
-def test_the_sharded_run_resumed_logs_the_losses_of_one_process_at_twice_the_batch(runs):
+def test_the_sharded_run_resumed_logs_the_losses_of_one_process_at_twice_the_batch(runs, assert_same_losses):
     one, sharded, _ = runs
-    single, double = ckpt.read_metrics(one), ckpt.read_metrics(sharded)
-    assert [m["step"] for m in double] == list(range(1, STEPS + 1))
-    for a, b in zip(single, double, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_TOLERANCE), a["step"]
+    assert_same_losses(one, sharded, STEPS, LOSS_TOLERANCE)
 
 
 def test_the_sharded_ema_export_equals_the_one_process_export(runs, assert_same_trained_unet):
