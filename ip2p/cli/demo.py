@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_EXAMPLES = 64  # held-out examples scored
 # `--train`: trainer steps that keep the whole recipe within 15 minutes on 2 cores (VAE step ~3 min,
-# data and latent cache ~1 min, ~3 steps/s, scoring ~1 min); the shipped model had 3000.
+# data and latent cache ~1 min, ~3.5 steps/s, scoring ~1 min); the shipped model had 3000.
 DEMO_TRAIN_STEPS = 1600
 REPORT_ROWS = 8  # of which the report shows the first
 SWEEP_TEXT_CFG = (1.0, 3.0, 7.5)
@@ -57,14 +57,14 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--train",
         action="store_true",
         help=f"retrain the toy model from nothing under --out first (VAE step, dataset, {DEMO_TRAIN_STEPS} trainer steps; "
-        f"about 15 min on 2 cores)",
+        f"about 12 min on 2 cores)",
     )
     p.add_argument(
         "--train-steps",
         type=int,
         default=DEMO_TRAIN_STEPS,
         help=f"with --train: optimizer steps (default {DEMO_TRAIN_STEPS}, to stay within 15 minutes; the shipped model "
-        f"had toy.yaml's 3000, about 16 minutes more)",
+        f"had toy.yaml's 3000, about 7 minutes more)",
     )
     p.set_defaults(handler=run)
 

@@ -70,11 +70,14 @@ def _write_atomic_dir(target: Path, fill) -> Path:
     return target
 
 
-def write_tokenizer_files(folder: str | os.PathLike, vocab: list[str], merges: list[tuple[str, str]]) -> Path:
+def write_tokenizer_files(
+    folder: str | os.PathLike, vocab: list[str], merges: list[tuple[str, str]], max_length: int = CLIP_MAX_LENGTH
+) -> Path:
     """Write a CLIP tokenizer folder (vocab.json, merges.txt, configs) that
     ``CLIPTokenizer.from_pretrained(folder)`` and ComfyUI's SD1 tokenizer both read.
 
-    ``vocab`` is in id order and must end with the start and end tokens.
+    ``vocab`` is in id order and must end with the start and end tokens; texts are padded to
+    ``max_length`` tokens (CLIP's 77 unless a model was trained with another length).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def write_tokenizer_files(folder: str | os.PathLike, vocab: list[str], merges: l
     }
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": CLIP_MAX_LENGTH,
+        "model_max_length": max_length,
         "do_lower_case": True,
         "errors": "replace",
         "add_prefix_space": False,

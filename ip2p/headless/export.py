@@ -72,9 +72,10 @@ def _tokenizer_vocab(tokenizer) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def save_tokenizer(tokenizer, folder: str | os.PathLike) -> Path:
-    """Write a CLIP tokenizer as vocab.json + merges.txt (what diffusers and ComfyUI both read)."""
+    """Write a CLIP tokenizer as vocab.json + merges.txt (what diffusers and ComfyUI both read),
+    keeping its padding length (the toy model's is 12, not CLIP's 77)."""
     vocab, merges = _tokenizer_vocab(tokenizer)
-    return write_tokenizer_files(folder, vocab, merges)
+    return write_tokenizer_files(folder, vocab, merges, max_length=tokenizer.model_max_length)
 
 
 def _scheduler(model: EditModel, diffusers):

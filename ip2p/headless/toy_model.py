@@ -45,7 +45,7 @@ import torch
 from ..datasets.toy import DEFAULT_SIZE, SEEDS_PER_RUN, render_example, toy_seeds
 from ..errors import IP2PError
 from ..formats.atomic import atomic_file
-from ..formats.toy_vocab import EXTRA_WORDS, VOCAB_WORDS, toy_tokenizer, toy_tokenizer_files, toy_vocab  # noqa: F401 - the toy model's vocabulary
+from ..formats.toy_vocab import EXTRA_WORDS, TOY_MAX_LENGTH, VOCAB_WORDS, toy_tokenizer, toy_tokenizer_files, toy_vocab  # noqa: F401 - the toy model's vocabulary
 from .random_model import build_random_model
 
 logger = logging.getLogger(__name__)

@@ -105,6 +105,13 @@ def test_toy_instructions_and_captions_give_one_id_per_word_plus_start_and_end(t
             assert (ids[0], ids[-1]) == (toy.tokenizer.bos_token_id, toy.tokenizer.eos_token_id)
 
 
+def test_every_toy_instruction_fits_the_toy_padding_length_with_room_to_spare(toy):
+    """Instructions are padded to 12 tokens, not CLIP's 77 (fewer padding keys for cross-attention to average)."""
+    assert toy.tokenizer.model_max_length == toy_model.TOY_MAX_LENGTH == 12
+    longest = max(len(toy.tokenizer(render_example(s, SIZE).instruction).input_ids) for s in toy_seeds(0, 400))
+    assert longest == len("change the square into a triangle".split()) + 2 < toy.tokenizer.model_max_length
+
+
 def test_different_toy_words_get_different_ids(toy):
     ids = [toy.tokenizer(word).input_ids[1] for word in TOY_WORDS]
     assert len(set(ids)) == len(TOY_WORDS)
@@ -122,6 +129,7 @@ def test_the_tokenizer_files_load_with_the_same_ids(toy, tmp_path):
     loaded = load_clip_tokenizer(toy_model.toy_tokenizer_files(tmp_path / "tokenizer"))
     text = "make the circle purple"
     assert loaded(text).input_ids == toy.tokenizer(text).input_ids
+    assert loaded.model_max_length == toy.tokenizer.model_max_length
 
 
 # -- the VAE step -----------------------------------------------------------------------------------
@@ -170,6 +178,7 @@ def test_build_toy_base_writes_a_folder_that_loads_as_an_edit_model(toy_base):
     assert model.vae_scale_factor == 4
     text = "make the star red"
     assert model.tokenizer(text).input_ids == toy_model.toy_tokenizer()(text).input_ids
+    assert model.tokenizer.model_max_length == toy_model.TOY_MAX_LENGTH  # the saved folder keeps the padding length
 
 
 def test_build_toy_base_records_the_vae_metrics_and_the_scaling_factor(toy_base):

@@ -185,10 +185,16 @@ def test_a_save_cut_short_by_a_full_disk_leaves_the_previous_checkpoint_and_expo
     assert [step for step, _ in ckpt.complete_checkpoints(out)] == [2, 4]
 
 
-def test_min_snr_weighting_trains_and_changes_the_loss(paper_dataset, tiny_overrides, run_a, tmp_path):
-    out = tmp_path / "snr"
-    assert main(["train", "toy", *tiny_overrides(paper_dataset, out, max_steps=2), "optim.snr_gamma=5", "-q"]) == 0
-    weighted, plain = _losses(out), _losses(run_a)
+def test_min_snr_weighting_trains_and_changes_the_loss(paper_dataset, tiny_overrides, tmp_path):
+    losses = {}
+    for gamma in ("5", "null"):  # toy.yaml's Min-SNR-γ, and plain MSE
+        out = tmp_path / f"snr-{gamma}"
+        assert (
+            main(["train", "toy", *tiny_overrides(paper_dataset, out, max_steps=2), f"optim.snr_gamma={gamma}", "-q"])
+            == 0
+        )
+        losses[gamma] = _losses(out)
+    weighted, plain = losses["5"], losses["null"]
     assert weighted.keys() == {1, 2} and all(math.isfinite(v) for v in weighted.values())
     assert weighted[1] != pytest.approx(plain[1], rel=1e-3)  # same draws, other weights
 

@@ -1,10 +1,11 @@
-"""The trainer learns: a shortened toy recipe already edits held-out examples better than both baselines.
+"""The trainer learns: a shortened toy recipe already meets the toy world's bar on held-out examples.
 
-The run is bounded by steps, not time: the toy architecture from its config (random UNet and text
-encoder, the shipped pretrained VAE) trained by ``ip2p train toy`` on rendered toy pairs, then
-scored on 64 held-out examples (:mod:`ip2p.headless.toy_scores`). This shortened run (~5 min) is
-held to a weaker bar than the toy world's (at most half as far from the truth as either
-baseline), which the full recipe meets (3,000 steps, ~16 min: ``scripts/test.sh learning``).
+The run is bounded by steps, not time: the toy architecture from its config (a random UNet with the
+shipped model's frozen VAE and text encoder) trained by ``ip2p train toy`` (``toy.yaml``) on 2,000
+rendered toy pairs, then scored on 64 held-out examples (:mod:`ip2p.headless.toy_scores`). Inside the
+edit mask the edits must be at most half as far from the true edits as either baseline (the input
+unchanged; the same model given a wrong instruction), the toy world's bar; the full recipe
+(5,000 pairs, 3,000 steps: ``scripts/test.sh learning``) meets it with more room.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from ip2p.headless.loading import load_edit_model
 from ip2p.headless.toy_model import HELDOUT_RUN, TRAIN_RUN
 from ip2p.headless.toy_scores import score_toy_model
 
-STEPS = 800  # optimizer steps of batch 32
+STEPS = 2000  # optimizer steps of batch 32 (~10 min on 2 cores)
 EXAMPLES = 2000  # training pairs
 HELDOUT = 64  # scored examples
-# Measured at 800 steps (5,000 pairs): inside the mask 0.75 of the input baseline's distance and
-# 0.80 of the wrong instruction's; outside it 0.098 from the input (the untrained model: 0.31).
-# At 400 steps: 0.89, 0.92 and 0.144 — too close to chance to tell a regression from noise.
-RATIO_BOUND = 0.85
+# Measured (this test's run, scored every 200 steps from 1,600): inside the mask 0.400 / 0.477 of the
+# input's and the wrong instruction's distance at 1,600 steps, 0.428 / 0.514 at 1,800, 0.336 / 0.417
+# at 2,000 (the same run with EMA 0.995: 0.394 / 0.476, 0.406 / 0.499, 0.345 / 0.425); outside it
+# 0.087-0.093 from the input (the untrained model: 0.31). Single checkpoints wander by ~0.05: 2,000
+# steps leave the bar ~0.08 of room.
+RATIO_BOUND = 0.5
 OUTSIDE_BOUND = 0.12
 
 
