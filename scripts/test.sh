@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
-#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~25 min)
+#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~20 min)
 #   scripts/test.sh deepspeed [ARGS...] DeepSpeed ZeRO-2 on two CPU processes: tests/deepspeed (~1 min; installs
 #                                      DeepSpeed into its own folder, which only this suite puts on the path)
 #
@@ -92,7 +92,7 @@ elif [ "$suite" = deepspeed ]; then
     export PYTHONPATH="$deepspeed_lib${PYTHONPATH:+:$PYTHONPATH}" PATH="$deepspeed_lib/bin:$PATH"
     paths=(tests/deepspeed)
 elif [ "$suite" = learning ]; then
-    paths=(tests/learning)  # the toy recipe at full length (~25 min on 2 cores)
+    paths=(tests/learning)  # the toy recipe at full length (~20 min on 2 cores)
 else
     paths=(tests/core tests/headless tests/train tests/comfy_lib)
 fi

@@ -37,6 +37,7 @@ def test_diffusers_folder_loads_back_identical(tiny_model, tiny_diffusers_dir):
     assert_same_weights(tiny_model, loaded)
     assert loaded.family == SD15_IP2P
     assert loaded.scheduler_config["beta_schedule"] == tiny_model.scheduler_config["beta_schedule"]
+    assert loaded.tokenizer.model_max_length == tiny_model.tokenizer.model_max_length == 77  # CLIP's padding kept
 
 
 def test_single_file_loads_back_identical(tiny_model, tiny_single_file):

@@ -1,4 +1,4 @@
-"""The toy recipe at full length (``scripts/test.sh learning``, ~21 min on 2 cores): ``ip2p demo --train
+"""The toy recipe at full length (``scripts/test.sh learning``, ~20 min on 2 cores): ``ip2p demo --train
 --train-steps 3000`` retrains the toy model from nothing (VAE step, 5,000 toy pairs, 3,000 steps of
 batch 32, as the shipped model) and the model it makes follows instructions on 64 held-out
 examples it never saw.
