@@ -240,4 +240,9 @@ def load_clip_tokenizer(folder: str | os.PathLike):
         raise IP2PError(
             f"{folder} is not a CLIP tokenizer folder: it needs vocab.json and merges.txt (or tokenizer.json). {_FIX}"
         )
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tokenizer.model_max_length > CLIP_MAX_LENGTH:
+        # A folder that states no length gets transformers' "unlimited" (1e30): texts would be padded
+        # to that, and an export would write it on. CLIP's text encoder has 77 positions.
+        tokenizer.model_max_length = CLIP_MAX_LENGTH
+    return tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import zipfile
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def test_saved_tokenizer_reloads_identically(tmp_path, real_clip):
     again = load_clip_tokenizer(folder)
     text = "Turn him into a cyborg, 1984-style!"
     assert again(text).input_ids == real_clip(text).input_ids
+
+
+def test_a_folder_that_states_no_padding_length_pads_to_clips_77_and_saves_77(tmp_path):
+    folder = write_synthetic_clip_tokenizer(tmp_path / "tok")
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del config["model_max_length"]  # transformers would then say 1e30 ("unlimited")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tokenizer = load_clip_tokenizer(folder)
+    assert tokenizer.model_max_length == 77
+    assert load_clip_tokenizer(save_tokenizer(tokenizer, tmp_path / "saved")).model_max_length == 77
 
 
 def test_folder_saved_by_transformers_alone_loads(tmp_path, real_clip):
