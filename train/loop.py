@@ -31,7 +31,7 @@ from . import checkpoints as ckpt
 from . import lora
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
-from .memory import ParkedEncoders, peak_memory, return_freed_memory
+from .memory import ParkedEncoders, peak_memory, trim_heap_during_backward
 from .model import (
     EMA,
     encode_pairs,
@@ -233,8 +233,6 @@ class Trainer:
 
         model = load_base(c.model.base, c.seed, widen=not c.lora.rank)
         self.model = model
-        if acc.device.type == "cpu":  # before the training state is allocated
-            return_freed_memory(sum(p.numel() for p in model.unet.parameters()))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         freeze(model.vae)
         freeze(model.text_encoder)
@@ -254,7 +252,10 @@ class Trainer:
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         # The optimizer and the EMA hold the trainable parameters only (a LoRA run: the adapters).
-        optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], c.optim)
+        trainable = [p for p in unet.parameters() if p.requires_grad]
+        if acc.device.type == "cpu":
+            trim_heap_during_backward(sum(p.numel() for p in unet.parameters()), trainable)
+        optimizer = make_optimizer(trainable, c.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_factor(c.optim.lr_schedule, c.optim.warmup_steps, c.max_steps)
         )
