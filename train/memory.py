@@ -29,9 +29,9 @@ def trim_heap_during_backward(model_parameters: int, trainable: Iterable[torch.T
     its heap, where they stay counted until everything above them is freed too, and the gradients, seldom
     of the same sizes, mostly take fresh memory beside them. ``malloc_trim(0)`` returns the whole free
     pages inside the heap; it runs after every ``TRIM_EVERY_GRADIENTS`` completed gradients of
-    ``trainable``. SD 1.5 at 256 px, float32 AdamW, batch 1 (bench/train.py): 0.4 GiB (3 %) less peak RSS
-    (14.38 -> 13.95 GiB) for about 3 % fewer samples/s; fixing glibc's mmap threshold at 64 KB, the
-    earlier way, saved as much for a third fewer samples/s (every block faulted in again each step).
+    ``trainable``. SD 1.5 at 256 px, float32 AdamW, batch 1, two A/B rounds: 0.4 GiB (3 %) less peak RSS
+    (14.36 -> 13.96 GiB) for about 7 % more time per step (10.3 vs 9.6 s); fixing glibc's mmap threshold
+    at 64 KB, the earlier way, saved as much for 50 % more time per step (every block faulted in again).
     Only for models of ``LARGE_MODEL_PARAMETERS`` or more: the tiny model's memory is mostly the
     libraries, and trimming saved 2 % of it for 5 % fewer samples/s. Elsewhere than glibc this does nothing.
     """
