@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from ip2p.errors import IP2PError
 from ip2p.training import apply_dropout, diffusion_draws, dropout_masks, min_snr_weights
 
 from . import checkpoints as ckpt
-from . import lora
+from . import lora, safe_resume
 from .config import TrainConfig, differences, read_saved_config, to_yaml
 from .data import PairStream, make_loader, open_training_data, tokenize
 from .memory import ParkedEncoders, peak_memory, trim_heap_during_backward
@@ -59,6 +60,7 @@ def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
     saved = out / ckpt.CONFIG
     if resume:
         checkpoint = ckpt.resolve_resume(resume, out)
+        safe_resume.check_checkpoint(checkpoint)  # every file read as data first: nothing in a checkpoint runs
         theirs = read_saved_config(checkpoint / ckpt.CONFIG)
         changed = differences(theirs, config)
         if changed:
@@ -531,9 +533,17 @@ class Trainer:
             )
         if self.config.lora.rank:
             self._check_lora_base(checkpoint)
-            self.accelerator.load_state(str(checkpoint), strict=False)  # the adapters only: the hook checked them
-        else:
-            self.accelerator.load_state(str(checkpoint))
+        try:
+            with safe_resume.weights_only_loads():
+                if self.config.lora.rank:  # the adapters only: the hook checked them
+                    self.accelerator.load_state(str(checkpoint), strict=False)
+                else:
+                    self.accelerator.load_state(str(checkpoint))
+        except pickle.UnpicklingError as exc:  # a file changed after the check: still refused, still not run
+            raise IP2PError(
+                f"{checkpoint} holds a file that is not tensors and plain data ({' '.join(str(exc).split())[:200]}). "
+                f"Nothing in it was run: resume from a checkpoint you trust, or start a new run."
+            ) from None
         self.step = ckpt.read_step(checkpoint)
         logger.info("Resuming from %s (step %d)", checkpoint, self.step)
 
