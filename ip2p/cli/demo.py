@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     edit_args = edit.parse_arguments([
         "--model", str(model_dir), "--image", str(input_path), "--instruction", first.instruction,
         "--out", str(edited_path), "--steps", str(args.steps), "--seed", str(args.seed),
+        "--overwrite",  # the demo's own four files in --out are replaced by each demo run
     ])  # fmt: skip
     edit_args.quiet = args.quiet
     status = edit.run(edit_args)

@@ -1,7 +1,9 @@
 """``ip2p edit``: one image or a folder of images, edited by one instruction.
 
 Everything that can be checked is checked before the model loads (settings, inputs decoded, output
-names), so a mistake costs seconds and writes nothing.
+names), so a mistake costs seconds and writes nothing. An output that exists already is refused
+unless ``--overwrite``. In a folder, an image that cannot be read does not stop the others: every
+readable image is edited and written, then the run exits non-zero naming the ones that failed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--image", required=True, help="input image, or a folder of images (each edited at its own size)")
     p.add_argument("--instruction", required=True, help='the edit, e.g. "make it winter"; empty returns the input')
     p.add_argument("--out", required=True, help="output .png (or folder, for a folder input)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that already exist (without it an existing output is refused before anything runs)",
+    )
     p.add_argument("--negative", default="", help='the "no text" conditioning (default: empty)')
     p.add_argument(
         "--steps",
@@ -109,8 +116,10 @@ def _settings(args: argparse.Namespace):
 def collect_inputs(image: Path) -> tuple[list[Path], bool]:
     """The images to edit and whether the input is a folder.
 
-    In a folder, hidden files and subfolders are passed over; other files that are not images, or
-    not regular files (a FIFO would block the run), are skipped with a warning.
+    In a folder, hidden files and subfolders are passed over; files that are not regular (a FIFO
+    would block the run), and files neither named nor recognised as images (notes, sidecars), are
+    skipped with a warning. A file named as an image that Pillow cannot recognise (empty, text) is
+    kept: :func:`sort_readable` then reports it as a failed input.
     """
     from ..images import is_image_file, is_regular_file
 
@@ -128,7 +137,7 @@ def collect_inputs(image: Path) -> tuple[list[Path], bool]:
             continue
         if not is_regular_file(path):
             logger.warning("Skipping %s: not a regular file (a FIFO, socket, device or broken link)", path)
-        elif is_image_file(path):
+        elif path.suffix.lower() in _FILE_SUFFIXES or is_image_file(path):
             found.append(path)
         else:
             logger.warning("Skipping %s: not an image", path)
@@ -202,6 +211,20 @@ def plan_outputs(inputs: list[Path], folder_input: bool, out: Path) -> list[Path
     return targets
 
 
+def refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
+    """Without ``--overwrite``, an output that exists already is refused before anything runs (nothing is lost)."""
+    existing = [target for target in targets if target.exists() or target.is_symlink()]
+    if not existing or overwrite:
+        return
+    if len(targets) == 1:
+        raise IP2PError(f"--out {out} already exists. Choose another path, or pass --overwrite to replace it.")
+    names = ", ".join(target.name for target in existing[:3]) + (", …" if len(existing) > 3 else "")
+    raise IP2PError(
+        f"--out {out}: {len(existing)} of the {len(targets)} outputs already exist ({names}). Choose another "
+        f"folder, or pass --overwrite to replace them."
+    )
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -222,26 +245,53 @@ def check_writable(targets: list[Path], out: Path) -> None:
         require_writable(target)
 
 
-def preflight(inputs: list[Path], max_input_side: int) -> None:
-    """Decode every input once before anything is written: a bad image stops the run, not half of it."""
+def sort_readable(inputs: list[Path], max_input_side: int) -> tuple[list[int], dict[int, str]]:
+    """Decode every input once before the model loads: (indices of the readable ones, {index: why not} of the rest).
+
+    One image alone that cannot be read is refused at once; in a folder the others are still edited
+    and the unreadable ones reported at the end (:func:`report_failures`).
+    """
     from ..images import load_image
 
-    for path in inputs:
+    readable, failed = [], {}
+    for index, path in enumerate(inputs):
         try:
             load_image(path, max_input_side=max_input_side)
         except IP2PError as exc:
-            if str(path) in str(exc):
-                raise
-            raise IP2PError(f"{path}: {exc}") from exc
+            failed[index] = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        else:
+            readable.append(index)
+    if len(inputs) == 1 and failed:
+        raise IP2PError(failed[0])
+    if not readable:
+        raise IP2PError(
+            f"None of the {len(inputs)} images could be read; nothing was written. The first: {failed[0]}"
+        )
+    for reason in failed.values():
+        logger.warning("Not edited: %s", reason)
+    return readable, failed
 
 
-def group_by_size(inputs: list[Path], batch: int) -> list[list[int]]:
-    """Indices of inputs grouped by (width, height), in chunks of at most ``batch``, input order kept."""
+def report_failures(inputs: list[Path], failed: dict[int, str], written: int) -> None:
+    """After a folder run: a non-zero exit naming every input that could not be edited (the edits written stay)."""
+    if not failed:
+        return
+    names = ", ".join(inputs[index].name for index in sorted(failed))
+    raise IP2PError(
+        f"{len(failed)} of the {len(inputs)} images could not be edited ({names}; each reason is in the warnings "
+        f"above); the {written} other edit(s) were written. Fix those files and rerun with --overwrite, or edit "
+        f"them one by one."
+    )
+
+
+def group_by_size(inputs: list[Path], batch: int, indices: list[int] | None = None) -> list[list[int]]:
+    """Indices of inputs (all, or ``indices``) grouped by (width, height), in chunks of at most ``batch``, input
+    order kept."""
     from ..images import image_size
 
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, path in enumerate(inputs):
-        groups.setdefault(image_size(path), []).append(index)
+    for index in range(len(inputs)) if indices is None else indices:
+        groups.setdefault(image_size(inputs[index]), []).append(index)
     chunks = [members[i : i + batch] for members in groups.values() for i in range(0, len(members), batch)]
     return sorted(chunks, key=lambda chunk: chunk[0])
 
@@ -298,9 +348,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inputs, folder_input = collect_inputs(Path(args.image))
     targets = plan_outputs(inputs, folder_input, out)
+    refuse_existing(targets, out, args.overwrite)
     check_writable(targets, out)
-    preflight(inputs, settings.max_input_side)
-    chunks = group_by_size(inputs, args.batch)
+    readable, failed = sort_readable(inputs, settings.max_input_side)
+    chunks = group_by_size(inputs, args.batch, readable)
 
     import torch
 
@@ -316,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     settings = working_settings(settings, model)
     # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
-    bar = _image_bar(len(inputs), show=len(inputs) > 1 and not args.quiet)
+    bar = _image_bar(len(readable), show=len(readable) > 1 and not args.quiet)
     written = 0
     try:
         for chunk in chunks:
@@ -340,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    report_failures(inputs, failed, written)
     return 0
 
 

@@ -299,14 +299,6 @@ def test_an_image_over_the_input_limit_is_refused(tiny_single_file, tmp_path, ca
     _expect_user_error(capsys, argv, out, "64×40", "--max-input-side")
 
 
-def test_one_bad_image_in_a_folder_stops_the_run_before_anything_is_written(tiny_single_file, tmp_path, capsys):
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    _write_image(folder / "a.png")
-    _write_image(folder / "b.png", 4, 64)
-    _expect_user_error(capsys, _edit_args(tiny_single_file, folder, out), out / "a.png", "b.png", "at least 8 px")
-
-
 def test_an_output_that_is_not_a_png_is_refused(tiny_single_file, tmp_path, capsys):
     image, out = _write_image(tmp_path / "in.png"), tmp_path / "out.jpg"
     _expect_user_error(capsys, _edit_args(tiny_single_file, image, out), out, ".png")

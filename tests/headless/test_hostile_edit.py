@@ -98,7 +98,7 @@ def test_a_fifo_in_a_folder_is_skipped_with_a_warning(tiny_single_file, tmp_path
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_float_tiff_with_non_finite_pixels_stops_the_folder_before_any_write(tiny_single_file, tmp_path, capsys, bad):
+def test_a_float_tiff_with_non_finite_pixels_is_reported_and_the_others_are_edited(tiny_single_file, tmp_path, capsys, bad):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     _image(folder / "a.png")
@@ -106,8 +106,77 @@ def test_a_float_tiff_with_non_finite_pixels_stops_the_folder_before_any_write(t
     pixels[3, 4] = bad
     Image.fromarray(pixels, "F").save(folder / "b.tif")
     line = _one_error_line(capsys, _argv(tiny_single_file, folder, out))
-    assert "b.tif" in line and "NaN or infinite" in line
+    assert "b.tif" in line and "1 of the 2 images could not be edited" in line
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+
+
+def _bad_images(folder: Path) -> list[str]:
+    """Files named as images that cannot be edited: truncated, empty, text, too small."""
+    _image(folder / "truncated.png")
+    data = (folder / "truncated.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image at all")
+    _image(folder / "tiny.png", size=(4, 64))
+    return ["empty.png", "text.jpg", "tiny.png", "truncated.png"]
+
+
+def test_a_folder_with_bad_images_edits_every_good_one_and_exits_non_zero_naming_the_bad(
+    tiny_single_file, tmp_path, capsys
+):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    good = [_image(folder / name, seed) for seed, name in enumerate(["a.png", "m.png", "z.png"])]
+    bad = _bad_images(folder)
+    assert cli.main(_argv(tiny_single_file, folder, out)) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert "4 of the 7 images could not be edited" in errors[0] and "3 other edit(s) were written" in errors[0]
+    assert all(name in errors[0] for name in bad)
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in good]
+    assert "truncated.png" in err and "at least 8 px" in err  # each reason, as a warning
+
+
+def test_a_folder_of_only_bad_images_writes_nothing(tiny_single_file, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _bad_images(folder)
+    line = _one_error_line(capsys, _argv(tiny_single_file, folder, out))
+    assert "None of the 4 images could be read" in line
     assert not out.exists()
+
+
+# -- outputs that exist already --------------------------------------------------------------
+
+
+def test_an_existing_output_file_is_refused_and_left_as_it_was(tiny_single_file, tmp_path, capsys):
+    image, out = _image(tmp_path / "in.png"), tmp_path / "out.png"
+    out.write_bytes(b"someone's picture")
+    line = _one_error_line(capsys, _argv(tiny_single_file, image, out))
+    assert "already exists" in line and "--overwrite" in line
+    assert out.read_bytes() == b"someone's picture"
+
+
+def test_overwrite_replaces_an_existing_output(tiny_single_file, tmp_path):
+    image, out = _image(tmp_path / "in.png"), tmp_path / "out.png"
+    out.write_bytes(b"someone's picture")
+    assert cli.main(_argv(tiny_single_file, image, out, "--overwrite")) == 0
+    assert read_metadata(out)["instruction"] == "make it red"
+
+
+def test_a_folder_edit_onto_existing_outputs_is_refused_before_anything_is_written(tiny_single_file, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for seed, name in enumerate(["a.png", "b.png"]):
+        _image(folder / name, seed)
+    out.mkdir()
+    (out / "b.png").write_bytes(b"an earlier edit")
+    line = _one_error_line(capsys, _argv(tiny_single_file, folder, out))
+    assert "1 of the 2 outputs already exist (b.png)" in line and "--overwrite" in line
+    assert [p.name for p in out.iterdir()] == ["b.png"] and (out / "b.png").read_bytes() == b"an earlier edit"
+    assert cli.main(_argv(tiny_single_file, folder, out, "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"] and read_metadata(out / "b.png")
 
 
 # -- results that cannot be written ----------------------------------------------------------
