@@ -86,7 +86,9 @@ class MetadataUnpickler(pickle.Unpickler):
 
 
 def _is_torch_dtype(module: str, name: str) -> bool:
-    return module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format))
+    return module == "torch" and isinstance(
+        getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+    )
 
 
 @contextlib.contextmanager

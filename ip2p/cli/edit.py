@@ -264,9 +264,7 @@ def sort_readable(inputs: list[Path], max_input_side: int) -> tuple[list[int], d
     if len(inputs) == 1 and failed:
         raise IP2PError(failed[0])
     if not readable:
-        raise IP2PError(
-            f"None of the {len(inputs)} images could be read; nothing was written. The first: {failed[0]}"
-        )
+        raise IP2PError(f"None of the {len(inputs)} images could be read; nothing was written. The first: {failed[0]}")
     for reason in failed.values():
         logger.warning("Not edited: %s", reason)
     return readable, failed

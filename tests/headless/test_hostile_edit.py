@@ -98,7 +98,9 @@ def test_a_fifo_in_a_folder_is_skipped_with_a_warning(tiny_single_file, tmp_path
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_float_tiff_with_non_finite_pixels_is_reported_and_the_others_are_edited(tiny_single_file, tmp_path, capsys, bad):
+def test_a_float_tiff_with_non_finite_pixels_is_reported_and_the_others_are_edited(
+    tiny_single_file, tmp_path, capsys, bad
+):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     _image(folder / "a.png")
