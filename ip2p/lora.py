@@ -13,6 +13,7 @@ Pure torch and safetensors: the nodes may use it too.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ EXPECTED_FORMAT = (
     "ComfyUI's SD 1.5 LoRA keys (lora_unet_<module>.lora_down.weight / .lora_up.weight / .alpha, as kohya "
     "and this trainer write them)"
 )
+MAX_STRENGTH = 100.0  # ComfyUI's LoraLoader offers -100 to 100
 _PEFT_MARKERS = ("lora_A.", "lora_B.", "base_model.model.", "lora_magnitude_vector")
 
 
@@ -87,6 +89,7 @@ def adapter_deltas(
     ``original_names`` maps original UNet keys (``input_blocks.0.0.weight``) to diffusers keys, for
     ``.diff`` entries. Keys that match no UNet weight and shapes that do not fit are refused.
     """
+    check_finite(adapter, source)
     modules = {key.removesuffix(".weight"): key for key in unet_state if key.endswith(".weight")}
     by_lora_name = {lora_name(path): key for path, key in modules.items()}
     deltas: dict[str, torch.Tensor] = {}
@@ -132,6 +135,26 @@ def adapter_deltas(
     return deltas
 
 
+def check_finite(adapter: Mapping[str, torch.Tensor], source: str = "the adapter") -> None:
+    """Refuse an adapter holding NaN or infinite values (an ``alpha`` among them): merged, they poison every weight."""
+    for key, tensor in adapter.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise IP2PError(
+                f"{source}: {key} holds NaN or infinite values. The adapter is damaged (or its training diverged); "
+                f"use an earlier checkpoint's adapter."
+            )
+
+
+def check_strength(strength: float, source: str = "the adapter") -> float:
+    """A finite strength within ComfyUI's LoraLoader range (±MAX_STRENGTH): beyond it a weight is only noise."""
+    if not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise IP2PError(
+            f"{source}: strength {strength} is outside -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}; give a finite "
+            f"strength in that range (1.0: as trained, 0: off)."
+        )
+    return float(strength)
+
+
 def _put(deltas: dict, target: str, delta: torch.Tensor, unet_state: Mapping[str, torch.Tensor], source: str) -> None:
     shape = tuple(unet_state[target].shape)
     if tuple(delta.shape) != shape:
@@ -143,10 +166,24 @@ def _put(deltas: dict, target: str, delta: torch.Tensor, unet_state: Mapping[str
 
 
 @torch.no_grad()
-def merge_deltas(module: torch.nn.Module, deltas: Mapping[str, torch.Tensor], strength: float) -> None:
-    """Add ``strength ×`` each difference to ``module``'s weights in place (in float32, stored in their dtype)."""
+def merge_deltas(
+    module: torch.nn.Module, deltas: Mapping[str, torch.Tensor], strength: float, source: str = "the adapter"
+) -> None:
+    """Add ``strength ×`` each difference to ``module``'s weights in place (in float32, stored in their dtype).
+
+    Every merged weight is computed and checked first: one that would overflow its dtype (a huge
+    strength, a float16 model) is refused naming it, and ``module`` is left as it was.
+    """
     params = dict(module.named_parameters())
+    merged = {}
     for key, delta in deltas.items():
         param = params[key]
-        merged = param.float() + strength * delta.to(param.device)
-        param.copy_(merged.to(param.dtype))
+        value = (param.float() + strength * delta.to(param.device)).to(param.dtype)
+        if not torch.isfinite(value).all():
+            raise IP2PError(
+                f"{source} at strength {strength:g} makes {key} infinite in {str(param.dtype).removeprefix('torch.')}. "
+                f"Lower the strength."
+            )
+        merged[key] = value
+    for key, value in merged.items():
+        params[key].copy_(value)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 
 from .. import lora
-from ..errors import IP2PError
 from ..formats import convert
 from ..formats.hashing import model_hash
 from .components import EditModel
@@ -24,12 +22,6 @@ def original_names(unet) -> dict[str, str]:
     }
 
 
-def check_strength(strength: float) -> float:
-    if not math.isfinite(strength):
-        raise IP2PError(f"--lora-strength is {strength}; give a finite number (1.0: as trained, 0: off).")
-    return float(strength)
-
-
 def apply_loras(model: EditModel, adapters: Sequence[tuple[str | os.PathLike, float]]) -> list[dict]:
     """Merge each ``(adapter file, strength)`` into ``model.unet``'s weights, in order; returns what was applied
     (file name, hash and strength: what an edit's metadata records to be reproducible).
@@ -41,12 +33,13 @@ def apply_loras(model: EditModel, adapters: Sequence[tuple[str | os.PathLike, fl
     state = model.unet.state_dict()
     planned = []
     for path, strength in adapters:
+        strength = lora.check_strength(strength, source=f"--lora-strength of {path}")
         tensors, metadata = lora.read_adapter(path)
         deltas = lora.adapter_deltas(tensors, state, names, source=f"LoRA {path}")
-        planned.append((path, check_strength(strength), deltas, metadata))
+        planned.append((path, strength, deltas, metadata))
     applied = []
     for path, strength, deltas, metadata in planned:
-        lora.merge_deltas(model.unet, deltas, strength)
+        lora.merge_deltas(model.unet, deltas, strength, source=f"LoRA {path}")
         base = metadata.get("base_model_hash")
         if base and base != model.model_hash:
             logger.warning("LoRA %s was trained on base %s; this model is %s", path, base, model.model_hash)

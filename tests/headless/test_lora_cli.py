@@ -139,3 +139,41 @@ def test_a_peft_format_adapter_is_refused_naming_the_expected_format(tiny_single
             "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
     err = _refused(argv, capsys)
     assert "PEFT" in err and "lora_unet_" in err and ".lora_down.weight" in err
+
+
+def _merge_argv(model, adapter, out, *extra) -> list[str]:
+    return ["lora", "merge", "--model", str(model), "--lora", str(adapter), *extra, "--out", str(out)]
+
+
+@pytest.mark.parametrize("poison", ["nan_up", "inf_down", "inf_alpha"])
+def test_an_adapter_with_non_finite_values_is_refused_naming_the_key(tiny_single_file, tmp_path, capsys, poison):
+    tensors = _adapter_tensors()
+    suffix = {"nan_up": "to_q.lora_up.weight", "inf_down": "to_k.lora_down.weight", "inf_alpha": "to_v.alpha"}[poison]
+    key = next(k for k in tensors if k.endswith(suffix))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan") if poison == "nan_up" else float("inf")
+    save_file(tensors, tmp_path / "bad.safetensors")
+    err = _refused(_merge_argv(tiny_single_file, tmp_path / "bad.safetensors", tmp_path / "m.safetensors"), capsys)
+    assert key in err and "NaN or infinite" in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("strength", ["nan", "inf", "1e30", "101", "-101"])
+def test_a_non_finite_or_absurd_strength_is_refused(tiny_single_file, adapter, tmp_path, capsys, strength):
+    argv = _merge_argv(tiny_single_file, adapter, tmp_path / "m.safetensors", "--lora-strength", strength)
+    err = _refused(argv, capsys)
+    assert "outside -100 to 100" in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_strength_that_overflows_a_float16_weight_is_refused_naming_it(adapter):
+    from ip2p import lora
+    from ip2p.errors import IP2PError
+
+    unet = build_random_model("tiny", in_channels=8, seed=0, dtype=torch.float16).unet
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    before = unet.state_dict()[key].clone()
+    huge = {key: torch.full_like(before, 1e3, dtype=torch.float32)}
+    with pytest.raises(IP2PError, match=f"makes {key} infinite in float16"):
+        lora.merge_deltas(unet, huge, 100.0)  # 1e5 > float16's 65504
+    assert torch.equal(unet.state_dict()[key], before)  # left as it was
