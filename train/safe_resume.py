@@ -46,6 +46,10 @@ _METADATA_GLOBALS = {
     ("torch.serialization", "_get_layout"),  # a layout by its name, from torch's own table
     ("builtins", "set"),
     ("builtins", "frozenset"),
+    ("pathlib", "PosixPath"),  # the checkpoint's own path, as a record (a path object runs nothing)
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
 }
 
 

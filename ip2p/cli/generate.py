@@ -2,7 +2,8 @@
 
 Written in the paper's layout or as Hugging Face parquet (``--format``). Sharded over the processes
 of ``accelerate launch`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``: one process per GPU or node),
-resumable (done prompts are skipped, others redone whole). Settings are checked before any model loads.
+resumable (done prompts are skipped, others redone whole). Settings are checked before any model loads,
+and a rerun into a dataset made with other settings is refused unless ``--force``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _range(text: str) -> tuple[float, float]:
 
 def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from ..datasets.outputs import LAYOUTS
+    from ..headless.generate import SETTINGS_FILE
 
     p = commands.add_parser(
         "generate",
@@ -91,6 +93,12 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=0, help="run seed: the same seed gives the same pairs (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda:1 …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help=f"go on in a dataset made with other settings (without it such a rerun is refused; OUT/{SETTINGS_FILE} "
+        f"records them)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -106,7 +114,15 @@ def _process() -> tuple[int, int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..clip_filter import FilterThresholds
-    from ..headless.generate import GenerateSettings, check_keep, generate_dataset
+    from ..formats.hashing import model_hash
+    from ..headless.generate import (
+        GenerateSettings,
+        check_keep,
+        check_settings,
+        generate_dataset,
+        settings_record,
+        write_settings,
+    )
     from ..prompts import read_prompts
 
     thresholds = FilterThresholds(
@@ -145,14 +161,20 @@ def run(args: argparse.Namespace) -> int:
     )
     device = devices.resolve_device(device_name)
     dtype = devices.resolve_dtype(args.dtype, device)
+    clip_hash = model_hash(args.clip) if args.clip is not None else None
+    record = settings_record(settings, model_hash(args.base), clip_hash, str(dtype).removeprefix("torch."))
+    earlier = check_settings(args.out, record, force=args.force)  # a rerun continues the dataset only as it was made
     from ..headless.loading import load_edit_model
+    from ..headless.p2p import check_base_model
 
     model = load_edit_model(args.base, require_edit=False, device=device, dtype=dtype)
+    check_base_model(model)
     scorer = None
     if args.clip is not None:
         from ..clip_filter import ClipScorer
 
         scorer = ClipScorer.from_folder(args.clip, device=device, dtype=dtype)
+    write_settings(args.out, record, earlier)
 
     from tqdm.auto import tqdm
 

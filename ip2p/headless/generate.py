@@ -31,6 +31,7 @@ file is refused rather than mixed in.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -76,6 +77,79 @@ class GenerateSettings:
             low, high = getattr(self, name)
             if not low <= high:
                 raise IP2PError(f"{name} range ({low}, {high}) is reversed; give the low value first.")
+
+
+SETTINGS_FILE = "generate.json"  # at the dataset's root: what its pairs were made with (``ip2p generate``)
+
+
+def settings_record(settings: GenerateSettings, base_hash: str, clip_hash: str | None, dtype: str) -> dict:
+    """What decides a dataset's pairs, keyed by the command's own option names (``batch`` does not: it
+    changes no pair)."""
+    t = settings.thresholds
+    return {
+        "--base": base_hash,
+        "--clip": clip_hash,
+        "--dtype": dtype,
+        "--samples": settings.samples,
+        "--keep": settings.keep,
+        "--steps": settings.steps,
+        "--size": settings.size,
+        "--p2p-fraction": list(settings.p2p_fraction),
+        "--cfg": list(settings.cfg),
+        "--sampler": settings.sampler,
+        "--seed": settings.seed,
+        "--min-sim": [t.sim_0, t.sim_1],
+        "--min-sim-dir": t.sim_dir,
+        "--min-sim-image": t.sim_image,
+    }
+
+
+def check_settings(out: str | Path, record: dict, force: bool = False) -> list[dict] | None:
+    """Continue a dataset only with the settings it was made with: a rerun with others is refused; with ``force``
+    it goes on. Reads only (nothing is written before the models are checked); returns what
+    :func:`write_settings` records, the earlier settings, or None when the file already says ``record``."""
+    path = Path(out) / SETTINGS_FILE
+    if not path.exists():
+        return []
+    saved = _read_settings(path)
+    changed = [
+        f"{key}: {saved['settings'].get(key)!r} -> {value!r}"
+        for key, value in record.items()
+        if saved["settings"].get(key) != value
+    ]
+    if not changed:
+        return None
+    if not force:
+        raise IP2PError(
+            f"{out} was generated with other settings ({'; '.join(changed)}). Rerun with the dataset's own settings "
+            f"(in {path}), write into a new --out, or pass --force to go on with these (the dataset then mixes "
+            f"both; {SETTINGS_FILE} keeps the earlier ones)."
+        )
+    logger.warning("%s: going on with other settings than before (--force): %s", out, "; ".join(changed))
+    return [*saved.get("earlier", []), saved["settings"]]
+
+
+def write_settings(out: str | Path, record: dict, earlier: list[dict] | None) -> None:
+    """Record ``record`` (and the ``earlier`` settings) in the dataset; None: already recorded."""
+    from ..formats.atomic import atomic_file
+
+    if earlier is None:
+        return
+    with atomic_file(Path(out) / SETTINGS_FILE) as tmp:  # processes starting together write the same text
+        tmp.write_text(json.dumps({"settings": record, "earlier": earlier}, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_settings(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+            raise ValueError("no 'settings' object")
+    except (OSError, ValueError) as exc:
+        raise IP2PError(
+            f"{path} is damaged ({exc}): it records the settings this dataset was made with. Restore it, or write "
+            f"into a new --out."
+        ) from exc
+    return saved
 
 
 @dataclass

@@ -353,6 +353,36 @@ def test_the_command_refuses_shard_rows_below_one_before_loading_a_model(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def _generate_argv(prompts, base, out, *extra) -> list[str]:
+    args = ["generate", "--prompts", prompts, "--base", base, "--out", out, "--samples", 1, "--keep", 1]
+    return [str(a) for a in [*args, "--steps", 1, "--size", 64, "--device", "cpu", *extra]]
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_dataset_left_as_it_was(base_dir, tmp_path, capsys):
+    prompts, out = write_prompts(tmp_path / "prompts.jsonl", TRIPLES[:1]), tmp_path / "data"
+    assert main(_generate_argv(prompts, base_dir, out)) == 0
+    recorded = json.loads((out / "generate.json").read_text())["settings"]
+    assert (recorded["--steps"], recorded["--samples"], recorded["--seed"]) == (1, 1, 0)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(_generate_argv(prompts, base_dir, out, "--steps", 2)) == 2
+    err = capsys.readouterr().err
+    assert "generated with other settings (--steps: 1 -> 2)" in err and "--force" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_with_the_same_settings_resumes_and_force_goes_on_keeping_the_earlier_settings(
+    base_dir, tmp_path, capsys
+):
+    prompts, out = write_prompts(tmp_path / "prompts.jsonl", TRIPLES[:2]), tmp_path / "data"
+    assert main(_generate_argv(prompts, base_dir, out, "--batch", 1)) == 0
+    capsys.readouterr()
+    assert main(_generate_argv(prompts, base_dir, out, "--batch", 2)) == 0  # batch changes no pair
+    assert "2 already done before" in capsys.readouterr().err
+    assert main(_generate_argv(prompts, base_dir, out, "--seed", 5, "--force")) == 0
+    saved = json.loads((out / "generate.json").read_text())
+    assert saved["settings"]["--seed"] == 5 and [e["--seed"] for e in saved["earlier"]] == [0]
+
+
 def test_kill_9_during_generation_leaves_no_partial_pair_and_a_rerun_completes_the_set(base_dir, tmp_path):
     triples = [
         PromptTriple(f"a photo of a cat number {i}", "make it a dog", f"a photo of a dog number {i}") for i in range(12)
