@@ -9,13 +9,15 @@ forces every ``torch.load`` inside ``load_state`` to ``weights_only=True`` as we
 swapped between the check and the load cannot run code either.
 
 - ``*.safetensors``: the header is parsed (safetensors holds no code);
-- ``*.json`` / ``*.yaml`` / the ``complete`` marker: parsed as JSON, safe YAML, text;
+- ``*.json`` / ``*.yaml`` / the ``complete`` marker and DeepSpeed's ``latest``: parsed as JSON, safe YAML, text;
 - torch.distributed.checkpoint's ``.metadata`` (a plain pickle): unpickled by
   :class:`MetadataUnpickler`, which builds the checkpoint-metadata classes and nothing else;
 - ``*.distcp`` (torch.distributed.checkpoint's data): their items are read at load time, under
   :func:`weights_only_loads`;
+- ``*.py`` (the scripts DeepSpeed copies beside its checkpoint for people to run): never read on resume;
 - every other file: ``torch.load(weights_only=True)``, memory-mapped (tensors are not read), with
-  the few plain globals the RNG states need (numpy arrays) allowed.
+  the few plain globals the RNG states (numpy arrays) and DeepSpeed's optimizer states (its loss
+  scaler and two plain records) need allowed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ import yaml
 
 from ip2p.errors import IP2PError
 
-TEXT_FILES = ("complete",)
+TEXT_FILES = ("complete", "latest")  # our marker; DeepSpeed's name of its checkpoint folder
+UNREAD_SUFFIXES = (
+    ".py",
+)  # DeepSpeed's zero_to_fp32.py and zero_to_torch.py, copied for people: resume never reads them
 DCP_METADATA = ".metadata"
 DCP_DATA_SUFFIX = ".distcp"
 
@@ -69,11 +74,12 @@ def _numpy_rng_globals() -> list:
 def _deepspeed_globals() -> list:
     """The plain enums and records DeepSpeed's checkpoints pickle (only when DeepSpeed is installed)."""
     try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
     except Exception:  # DeepSpeed is optional: without it, no DeepSpeed checkpoint can be resumed anyway
         return []
-    return [ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]  # numbers and names, no code
 
 
 def allowed_globals() -> list:
@@ -144,6 +150,8 @@ def _check_file(path: Path) -> None:
         MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
     elif name.endswith(DCP_DATA_SUFFIX):
         return  # read item by item at load time, under weights_only_loads()
+    elif name.endswith(UNREAD_SUFFIXES):
+        return
     else:
         with torch.serialization.safe_globals(allowed_globals()):
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
