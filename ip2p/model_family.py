@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import IP2PError
 
 EDIT_IN_CHANNELS = 8  # noisy latent (4) + input-image latent (4)
+NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}  # the long side each architecture was trained at
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class ModelFamily:
     prediction: str  # "epsilon", "v_prediction" or "edm_v_prediction"
     default_text_cfg: float
     default_image_cfg: float
+
+    @property
+    def max_side(self) -> int:
+        """The longest working side a default edit may use: twice the architecture's native size (SD 1.5: 512,
+        SDXL: 1024). A model's config may claim any ``sample_size``; past this it is not believed."""
+        return 2 * NATIVE_SIDE[self.base]
 
     @property
     def is_edit_model(self) -> bool:

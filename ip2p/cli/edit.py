@@ -67,8 +67,9 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--max-side",
         type=int,
         default=None,
-        help=f"long side for --resize paper (default: the model's own size, its UNet's sample_size × the VAE's "
-        f"factor: 512 for SD 1.5, 64 for the toy model; at most {sizing.MAX_MAX_SIDE}); recorded in the PNG",
+        help=f"long side for --resize paper (default: the input's long side rounded up to a multiple of 64, at most "
+        f"the model's own size, its UNet's sample_size × the VAE's factor: 512 for SD 1.5, 64 for the toy model; "
+        f"at most {sizing.MAX_MAX_SIDE}); recorded in the PNG",
     )
     p.add_argument(
         "--max-input-side",
@@ -294,12 +295,14 @@ def group_by_size(inputs: list[Path], batch: int, indices: list[int] | None = No
     return sorted(chunks, key=lambda chunk: chunk[0])
 
 
-def working_settings(settings, model):
-    """``settings`` with the working long side decided: ``--max-side`` when given, else the model's own size."""
-    resolved = settings.for_model(model)
+def working_settings(settings, model, size: tuple[int, int]):
+    """``settings`` for an input of ``size`` with the working long side decided: ``--max-side`` when given, else
+    the input's own long side up to the model's size (:func:`ip2p.headless.editor.default_side`)."""
+    resolved = settings.for_image(model, *size)
     if settings.max_side is None and settings.resize == "paper" and not settings.is_empty:
         logger.info(
-            "Working long side %d px: the model's own size (pass --max-side to choose another)", resolved.max_side
+            "Working long side %d px: the input's, at most the model's own size (pass --max-side to choose another)",
+            resolved.max_side,
         )
     return resolved
 
@@ -362,7 +365,6 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("The instruction is empty: the images are written unchanged.")
     model = load_edit_model(args.model, require_edit=True, device=str(device), dtype=dtype)
     applied_loras = apply_loras(model, lora.adapters(args))
-    settings = working_settings(settings, model)
     # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
     bar = _image_bar(len(readable), show=len(readable) > 1 and not args.quiet)
@@ -370,15 +372,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         for chunk in chunks:
             batch = torch.cat([load_image(inputs[i], max_input_side=settings.max_input_side) for i in chunk])
+            chunk_settings = working_settings(settings, model, (batch.shape[-1], batch.shape[-2]))
             try:
-                edited = edit(model, batch, settings, progress=not args.quiet)
+                edited = edit(model, batch, chunk_settings, progress=not args.quiet)
             except IP2PError as exc:
                 rows = exc.rows if isinstance(exc, NonFiniteEditError) else range(len(chunk))
                 failed = ", ".join(str(inputs[chunk[row]]) for row in rows)
                 kept = f"the {written} edit(s) finished before it are kept" if written else "nothing was written"
                 raise IP2PError(f"{failed}: {exc} The run stopped there; {kept}.") from exc
             for row, index in enumerate(chunk):
-                metadata = edit_metadata(settings, model, inputs[index], len(chunk), row)
+                metadata = edit_metadata(chunk_settings, model, inputs[index], len(chunk), row)
                 if applied_loras:
                     metadata["loras"] = applied_loras
                 save_png(edited[row], targets[index], metadata)

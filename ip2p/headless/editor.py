@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ class EditSettings:
     scheduler: str = "normal"  # the model's own timestep spacing
     seed: int = 0
     resize: str = "paper"  # "paper" (long side → max_side, multiples of 64) or "keep"
-    max_side: int | None = None  # None: the model's own size (sample_size × VAE factor: 512 for SD 1.5)
+    max_side: int | None = None  # None: the input's long side, at most the model's own size (512 for SD 1.5)
     max_input_side: int = sizing.DEFAULT_MAX_INPUT_SIDE  # larger inputs are refused
 
     def __post_init__(self) -> None:
@@ -95,17 +96,36 @@ class EditSettings:
         """An empty or blank instruction edits nothing (the input comes back unchanged)."""
         return not self.instruction.strip()
 
-    def for_model(self, model: EditModel) -> EditSettings:
-        """These settings with ``max_side`` filled in from ``model`` when it was left to it (None)."""
+    def for_image(self, model: EditModel, width: int, height: int) -> EditSettings:
+        """These settings with ``max_side`` filled in for a ``width`` × ``height`` input when it was left to it
+        (None): :func:`default_side`."""
         if self.max_side is not None:
             return self
-        return dataclasses.replace(self, max_side=model_max_side(model))
+        return dataclasses.replace(self, max_side=default_side(model, width, height))
 
 
 def model_max_side(model: EditModel) -> int:
-    """The long side ``model`` was trained at, the paper policy's default: ``unet.sample_size`` × the VAE's
-    factor (512 for SD 1.5, 64 for the toy model), see :func:`ip2p.sizing.model_max_side`."""
-    return sizing.model_max_side(model.unet.config, model.vae.config)
+    """The long side ``model`` was trained at: ``unet.sample_size`` × the VAE's factor (512 for SD 1.5, 64 for the
+    toy model, see :func:`ip2p.sizing.model_max_side`), at most its family's :attr:`~ip2p.model_family.ModelFamily.max_side`
+    (a config claiming a larger ``sample_size`` is not believed)."""
+    claimed = sizing.model_max_side(model.unet.config, model.vae.config)
+    ceiling = model.family.max_side
+    if claimed > ceiling:
+        logger.warning(
+            "The model's config claims a %d px size; %s models are edited at up to %d px by default (pass --max-side "
+            "to choose)",
+            claimed,
+            model.family.base.upper(),
+            ceiling,
+        )
+    return min(claimed, ceiling)
+
+
+def default_side(model: EditModel, width: int, height: int) -> int:
+    """The paper policy's long side when none is given: the input's own long side rounded up to a multiple of 64
+    (at least 64), at most the model's own size (:func:`model_max_side`). A small input is not blown up to 512 px
+    of work, and no config can make a 48 px edit run at 4096."""
+    return min(model_max_side(model), max(64, math.ceil(max(width, height) / 64) * 64))
 
 
 class NonFiniteEditError(IP2PError):
@@ -238,7 +258,7 @@ def edit(
     """Edit (B, 3, H, W) images in [0, 1] by ``settings.instruction``; returns images in [0, 1].
 
     The output is at the working size of ``settings.resize`` ("paper": the long side ``settings.max_side``,
-    by default the model's own, :func:`model_max_side`) or the input size ("keep").
+    by default the input's own up to the model's, :func:`default_side`) or the input size ("keep").
     ``noise`` replaces the seeded draw of the unscaled N(0, 1) starting latent; ``sigmas`` replaces
     the scheduler's schedule (len = steps + 1, ComfyUI's conventions: the model runs at the
     timestep of the nearest sigma, and the start is noise·√(1 + σ₀²) when σ₀ is the model's σ_max,
@@ -256,7 +276,7 @@ def edit(
     if all(not t.strip() for t in texts):
         return images.clone()
     require_edit_model(model.family, model.source or "The model")
-    settings = settings.for_model(model)
+    settings = settings.for_image(model, width, height)
 
     working = sizing.prepare(images, settings.resize, settings.max_side)
     factor = model.vae_scale_factor

@@ -1,7 +1,8 @@
-"""The working size comes from the model unless ``--max-side`` / ``max_side`` says otherwise.
+"""The working size comes from the input, at most the model's own, unless ``--max-side`` / ``max_side`` says otherwise.
 
 A model's own long side is its UNet's ``sample_size`` × the VAE's factor: 512 for SD 1.5, 64 for the
-toy model and the tiny test model. The side used is recorded in every PNG edited under ``paper``.
+toy model and the tiny test model, and never more than twice its architecture's native size, whatever
+its config claims. The side used is recorded in every PNG edited under ``paper``.
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ from PIL import Image
 
 from ip2p import cli
 from ip2p.headless import libraries
-from ip2p.headless.editor import EditSettings, edit, model_max_side
+from ip2p.headless.editor import EditSettings, default_side, edit, model_max_side
 from ip2p.headless.random_model import architecture_config, build_random_model
 from ip2p.images import read_metadata
+from ip2p.model_family import SD15_IP2P
 
 FAST = ["--steps", "2", "--sampler", "euler", "-q"]
 
 
-def _shaped_like(size: str):
+def _shaped_like(size: str, **unet_config):
     """A stand-in model with the UNet and VAE of a named architecture, built without weights (meta device)."""
     diffusers, _ = libraries()
     config = architecture_config(size)
     with torch.device("meta"):
-        unet = diffusers.UNet2DConditionModel(**config["unet"])
+        unet = diffusers.UNet2DConditionModel(**{**config["unet"], **unet_config})
         vae = diffusers.AutoencoderKL(**config["vae"])
-    return types.SimpleNamespace(unet=unet, vae=vae)
+    return types.SimpleNamespace(unet=unet, vae=vae, family=SD15_IP2P)
 
 
 def _write_image(path, width: int, height: int):
@@ -46,23 +48,35 @@ def _edit(model, image, out, *extra: str) -> list[str]:
 # -- the side a model gives --------------------------------------------------------------------
 
 
-def test_an_sd15_shaped_model_works_at_512():
+def test_an_sd15_shaped_model_works_at_up_to_512():
     model = _shaped_like("sd15")
     assert model_max_side(model) == 512
-    assert EditSettings("make it red").for_model(model).max_side == 512
+    assert EditSettings("make it red").for_image(model, 1024, 768).max_side == 512
 
 
 @pytest.mark.parametrize("size", ["toy", "tiny"])
 def test_the_toy_and_tiny_models_work_at_64(size):
     model = build_random_model(size, in_channels=8) if size == "toy" else _shaped_like(size)
     assert model_max_side(model) == 64
-    assert EditSettings("make it red").for_model(model).max_side == 64
+    assert EditSettings("make it red").for_image(model, 512, 512).max_side == 64
 
 
-def test_a_given_max_side_is_kept_whatever_the_model():
+@pytest.mark.parametrize(("width", "height", "side"), [(48, 40, 64), (300, 200, 320), (200, 384, 384), (640, 480, 512)])
+def test_the_default_side_is_the_inputs_rounded_up_to_64_at_most_the_models(width, height, side):
+    assert default_side(_shaped_like("sd15"), width, height) == side
+
+
+def test_a_config_claiming_a_huge_size_is_bounded_by_its_family(caplog):
+    model = _shaped_like("sd15", sample_size=100000)
+    assert model_max_side(model) == 1024 == SD15_IP2P.max_side  # twice SD 1.5's 512, not 4096
+    assert "claims a 4096 px size" in caplog.text
+    assert default_side(model, 48, 48) == 64  # a 48 px edit runs at 64 px
+
+
+def test_a_given_max_side_is_kept_whatever_the_model_and_input():
     settings = EditSettings("make it red", max_side=256)
-    assert settings.for_model(_shaped_like("sd15")).max_side == 256
-    assert settings.for_model(_shaped_like("toy")).max_side == 256
+    assert settings.for_image(_shaped_like("sd15"), 48, 48).max_side == 256
+    assert settings.for_image(_shaped_like("toy"), 1024, 1024).max_side == 256
 
 
 def test_the_editor_works_at_the_models_side_by_default(toy_model):
@@ -89,7 +103,9 @@ def test_ip2p_edit_with_max_side_works_at_that_side_and_records_it(toy_single_fi
     assert read_metadata(out)["max_side"] == 128
 
 
-def test_ip2p_edit_help_says_the_default_comes_from_the_model(capsys):
+def test_ip2p_edit_help_says_the_default_comes_from_the_input_and_the_model(capsys):
     assert cli.main(["edit", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "the model's own size" in help_text and "512 for SD 1.5" in help_text
+    assert (
+        "the input's long side" in help_text and "the model's own size" in help_text and "512 for SD 1.5" in help_text
+    )
