@@ -1,7 +1,7 @@
 """The ``ip2p`` command line: parses, sets up logging, maps user errors to one line.
 
 Each command is one module beside this one (``edit``, ``convert``, ``demo``, ``dataset``, ``generate``,
-``train``, ``lora``) with ``add(commands, common)`` declaring its arguments and
+``eval``, ``train``, ``lora``) with ``add(commands, common)`` declaring its arguments and
 the handler that runs it. User errors (:class:`IP2PError`, missing files, bad arguments) print one
 line to stderr and exit 2, with no traceback and no output file; anything else is a bug and keeps
 its traceback.
@@ -22,7 +22,7 @@ from collections.abc import Sequence  # noqa: E402
 from .. import __version__  # noqa: E402
 from ..errors import IP2PError  # noqa: E402
 from ..formats.atomic import Terminated, interrupts_unwind  # noqa: E402
-from . import convert, dataset, demo, edit, generate, lora, train  # noqa: E402
+from . import convert, dataset, demo, edit, evaluate, generate, lora, train  # noqa: E402
 
 logger = logging.getLogger("ip2p")
 
@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 # Commands in help order.
-COMMANDS = (edit, convert, demo, dataset, generate, train, lora)
+COMMANDS = (edit, convert, demo, dataset, generate, evaluate, train, lora)
 
 
 class Parser(argparse.ArgumentParser):

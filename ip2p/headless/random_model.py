@@ -229,3 +229,18 @@ def save_random_clip(folder, seed: int = 0):
     write_synthetic_clip_tokenizer(folder, TINY_CLIP_VOCAB)
     (folder / "preprocessor_config.json").write_text(json.dumps(clip_preprocessor_config()), encoding="utf-8")
     return folder
+
+
+def save_random_dino(folder, seed: int = 0):
+    """A tiny random-weight ViT saved like a downloaded DINO (``facebook/dino-vits16``'s layout): what the DINO
+    metric loads, for tests and benchmarks. It takes the 224 px crops DINO's preprocessing makes."""
+    import transformers
+
+    folder = Path(folder)
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224, patch_size=32
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder

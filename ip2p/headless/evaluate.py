@@ -1,0 +1,476 @@
+"""``ip2p eval``'s engine: edit a dataset's examples at each guidance pair and score every edit.
+
+With a model, each example's input is edited by its instruction at every (text_cfg, image_cfg)
+pair and scored against the input, the captions and the dataset's edited image as the target
+(:mod:`ip2p.quality.metrics`). Without one, the dataset's own pairs are scored (input → edited),
+so a dataset can be judged before training on it. A metric whose inputs are missing (no CLIP or
+DINO folder, no captions, no target) is reported as skipped with the reason, never as 0; an edit
+that fails (NaN) is counted as failed with the reason, and the run goes on.
+
+The output folder (``OUT``):
+
+- ``eval.json``: what this evaluation is (model and scorer hashes, the dataset, the settings); a
+  folder of another evaluation is refused with nothing overwritten;
+- ``per_example.jsonl``: one line per (guidance pair, example), appended and flushed as each is
+  scored, so a rerun after kill -9 or Ctrl-C continues where it stopped and never scores an
+  example twice (a line cut short is dropped and redone);
+- ``metrics.json``: per guidance pair, each metric's mean, 95 % bootstrap interval and count, the
+  failed edits and the skipped metrics with their reasons;
+- ``tradeoff.png`` (the paper's figure, the drawing of the trade-off node) and ``samples.png``
+  (the first examples' inputs, edits and targets), from ``samples/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import IP2PError
+from ..formats.atomic import atomic_file
+from ..images import to_rgb_array, to_uint8
+from ..quality import metrics as m
+from .components import EditModel
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "eval.json"
+PER_EXAMPLE = "per_example.jsonl"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "tradeoff.png"
+GRID_FILE = "samples.png"
+SAMPLES = "samples"
+SAMPLE_EXAMPLES = 4  # examples shown in samples.png
+DEFAULT_IMAGE_CFG = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # the paper's sweep (figs. 8 and 10)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the edits are made (ignored without a model) and how many examples are scored."""
+
+    text_cfg: tuple[float, ...] = (7.5,)
+    image_cfg: tuple[float, ...] = DEFAULT_IMAGE_CFG
+    steps: int = 100
+    seed: int = 0
+    sampler: str = "euler_ancestral"
+    limit: int | None = None  # the first N examples only
+    batch: int = 1  # examples of one size per editor call
+
+    def __post_init__(self) -> None:
+        if not self.text_cfg or not self.image_cfg:
+            raise IP2PError("Give at least one text_cfg and one image_cfg.")
+        if self.limit is not None and self.limit < 1:
+            raise IP2PError(f"--limit is {self.limit}; give 1 or more, or leave it out for every example.")
+        if self.batch < 1:
+            raise IP2PError(f"--batch is {self.batch}; give 1 or more.")
+
+    def pairs(self) -> list[tuple[float, float]]:
+        return [(float(t), float(s)) for t in self.text_cfg for s in self.image_cfg]
+
+
+@dataclass
+class Scorers:
+    """The models that embed (each optional; the metrics needing a missing one are skipped)."""
+
+    clip: object | None = None  # ip2p.clip_filter.ClipScorer
+    dino: object | None = None  # ip2p.quality.dino.DinoScorer
+
+
+@dataclass
+class _Example:
+    index: int
+    key: str
+    instruction: str
+    input: torch.Tensor  # 1×3×H×W in [0, 1]
+    target: torch.Tensor | None
+    input_caption: str | None
+    output_caption: str | None
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate(
+    dataset: Sequence,
+    out: str | Path,
+    settings: EvalSettings,
+    *,
+    record: dict,
+    model: EditModel | None = None,
+    scorers: Scorers | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Evaluate ``dataset`` into ``out`` (see the module text); returns the contents of ``metrics.json``.
+
+    ``record`` says what this evaluation is (hashes, dataset, settings): it is compared with the
+    folder's ``eval.json`` so another evaluation's folder is refused.
+    """
+    out = Path(out)
+    scorers = scorers or Scorers()
+    claim_folder(out, record)
+    count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
+    if count == 0:
+        raise IP2PError("The dataset holds no examples to evaluate. Check --data (and --limit).")
+    done = read_rows(out / PER_EXAMPLE)
+    seen = {(row["text_cfg"], row["image_cfg"], row["key"]) for row in done}
+    pairs = settings.pairs() if model is not None else [(None, None)]
+    with open(out / PER_EXAMPLE, "a", encoding="utf-8") as sink:
+        for text_cfg, image_cfg in pairs:
+            for chunk in _chunks(dataset, count, settings.batch):
+                todo = [e for e in chunk if (text_cfg, image_cfg, e.key) not in seen]
+                if todo:
+                    for row in _score_chunk(todo, model, scorers, settings, text_cfg, image_cfg, out):
+                        sink.write(json.dumps(row) + "\n")
+                        sink.flush()
+                        os.fsync(sink.fileno())  # a kill -9 after this line keeps it
+                if progress:
+                    progress(len(chunk))
+    rows = read_rows(out / PER_EXAMPLE)
+    summary = summarize_rows(rows, record)
+    with atomic_file(out / METRICS_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _draw(out, summary, pairs, model is not None)
+    return summary
+
+
+# ------------------------------------------------------------------------------------ the folder
+
+
+def claim_folder(out: Path, record: dict) -> None:
+    """Make ``out`` this evaluation's folder; one that holds another evaluation (or other files) is refused."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IP2PError(f"{path} is damaged ({exc}). Write the evaluation into a new --out.") from exc
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in record.items() if saved.get(k) != v]
+        if changed:
+            raise IP2PError(
+                f"{out} holds another evaluation ({'; '.join(changed)}). Choose a new --out, or rerun with that "
+                f"evaluation's own settings to continue it."
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise IP2PError(f"--out {out} exists and is not an evaluation folder. Choose a missing or empty folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The scored rows of ``per_example.jsonl``; a line cut short by a kill is dropped (and the file rewritten
+    without it, so the rerun's lines start on a line of their own)."""
+    if not path.is_file():
+        return []
+    rows, broken = [], False
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            broken = True
+    if broken or (text and not text.endswith("\n")):
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return rows
+
+
+# ------------------------------------------------------------------------------------- examples
+
+
+def _pixels(image) -> torch.Tensor:
+    return torch.from_numpy(to_rgb_array(image)).permute(2, 0, 1)[None]
+
+
+def _load(dataset: Sequence, index: int) -> _Example | str:
+    """Example ``index`` as tensors, or the reason it cannot be read."""
+    try:
+        example = dataset[index]
+        extra = dict(example.extra)
+        target = example.edited_image
+        return _Example(
+            index=index,
+            key=str(example.key),
+            instruction=example.instruction,
+            input=_pixels(example.input_image),
+            target=_pixels(target) if target is not None else None,
+            input_caption=extra.get("input_caption") or None,
+            output_caption=extra.get("output_caption") or None,
+            extra=extra,
+        )
+    except (IP2PError, OSError, ValueError) as exc:
+        return f"cannot be read: {exc}"
+
+
+def _chunks(dataset: Sequence, count: int, batch: int):
+    """Consecutive examples of one input size, at most ``batch`` at a time (unreadable ones alone)."""
+    chunk: list = []
+    for index in range(count):
+        example = _load(dataset, index)
+        if isinstance(example, str):
+            if chunk:
+                yield chunk
+                chunk = []
+            yield [_Unreadable(index, f"#{index}", example)]
+            continue
+        if chunk and (len(chunk) >= batch or chunk[0].input.shape != example.input.shape):
+            yield chunk
+            chunk = []
+        chunk.append(example)
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class _Unreadable:
+    index: int
+    key: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------- scoring
+
+
+def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cfg, image_cfg, out: Path) -> list[dict]:
+    base = {"text_cfg": text_cfg, "image_cfg": image_cfg}
+    if isinstance(chunk[0], _Unreadable):
+        return [{**base, "key": e.key, "index": e.index, "failed": e.reason} for e in chunk]
+    edits, failed = _edits(chunk, model, settings, text_cfg, image_cfg)
+    rows = []
+    scored = [i for i in range(len(chunk)) if i not in failed]
+    values = _metrics([chunk[i] for i in scored], [edits[i] for i in scored], scorers, model is not None)
+    for position, example in enumerate(chunk):
+        row = {**base, "key": example.key, "index": example.index}
+        if position in failed:
+            row["failed"] = failed[position]
+        else:
+            row.update(values[scored.index(position)])
+            if example.index < SAMPLE_EXAMPLES:
+                _save_sample(out, example, edits[position], text_cfg, image_cfg)
+        rows.append(row)
+    return rows
+
+
+def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[list[torch.Tensor], dict[int, str]]:
+    """Each example's edit (1×3×H×W): the model's, or without a model the dataset's own edited image."""
+    if model is None:
+        missing = {i: "the example has no edited image to score" for i, e in enumerate(chunk) if e.target is None}
+        return [e.target for e in chunk], missing
+    from .editor import EditSettings, NonFiniteEditError, edit
+
+    edit_settings = EditSettings(
+        instruction=chunk[0].instruction,
+        steps=settings.steps,
+        text_cfg=text_cfg,
+        image_cfg=image_cfg,
+        sampler=settings.sampler,
+        seed=settings.seed,
+    )
+    images = torch.cat([e.input for e in chunk])
+    try:
+        edited = edit(model, images, edit_settings, instructions=[e.instruction for e in chunk], progress=False)
+    except NonFiniteEditError as exc:
+        if len(chunk) == 1:
+            return [None], {0: f"the edit failed: {exc}"}
+        # edit the others alone so one NaN costs one example
+        results, failed = [], {}
+        for position, example in enumerate(chunk):
+            one, bad = _edits([example], model, settings, text_cfg, image_cfg)
+            results += one
+            if bad:
+                failed[position] = bad[0]
+        return results, failed
+    return [edited[i : i + 1] for i in range(len(chunk))], {}
+
+
+def _metrics(examples: list[_Example], edits: list[torch.Tensor], scorers: Scorers, with_model: bool) -> list[dict]:
+    """Per example ``{"metrics": {name: value}, "skipped": {name: reason}}``."""
+    rows = [{"metrics": {}, "skipped": {}} for _ in examples]
+    if not examples:
+        return rows
+
+    def skip(names, reason, which=None):
+        for i, row in enumerate(rows):
+            if which is None or which(examples[i]):
+                for name in names:
+                    row["skipped"].setdefault(name, reason)
+
+    if not with_model:
+        skip(
+            ("l1", "l2", "clip_i", "dino"), "no --model: the dataset's own edited image is both the edit and the target"
+        )
+    if scorers.clip is None:
+        skip(("sim_0", "sim_1", "directional", "image", "clip_i", "clip_t"), "no --clip model given")
+    if scorers.dino is None:
+        skip(("dino",), "no --dino model given")
+    skip(("l1", "l2", "clip_i", "dino"), "the example has no target (edited) image", lambda e: e.target is None)
+    skip(("sim_0", "directional"), "the example has no input caption", lambda e: e.input_caption is None)
+    skip(
+        ("sim_1", "directional", "clip_t"),
+        "the example has no output (target) caption",
+        lambda e: e.output_caption is None,
+    )
+
+    def wanted(name) -> list[int]:
+        return [i for i, row in enumerate(rows) if name not in row["skipped"]]
+
+    def put(name, indices, values):
+        for i, value in zip(indices, values, strict=True):
+            rows[i]["metrics"][name] = float(value)
+
+    with_target = wanted("l1")
+    for i in with_target:
+        distances = m.pixel_distances(edits[i], examples[i].target)
+        put("l1", [i], distances["l1"].tolist())
+        put("l2", [i], distances["l2"].tolist())
+    if scorers.clip is not None:
+        clip = scorers.clip
+        edit_emb = _embed(clip, edits)
+        input_emb = _embed(clip, [e.input for e in examples])
+        targets = wanted("clip_i")
+        if targets:
+            put("clip_i", targets, m.cosine(edit_emb[targets], _embed(clip, [examples[i].target for i in targets])))
+        put("image", wanted("image"), m.cosine(input_emb[wanted("image")], edit_emb[wanted("image")]))
+        captioned = {name: wanted(name) for name in ("sim_0", "sim_1", "directional", "clip_t")}
+        texts = sorted({c for e in examples for c in (e.input_caption, e.output_caption) if c is not None})
+        if texts:
+            text_emb = dict(zip(texts, clip.embed_captions(texts), strict=True))
+            for name, indices in captioned.items():
+                if not indices:
+                    continue
+                c0 = (
+                    torch.stack([text_emb[examples[i].input_caption] for i in indices])
+                    if name in ("sim_0", "directional")
+                    else None
+                )
+                c1 = torch.stack([text_emb[examples[i].output_caption] for i in indices]) if name != "sim_0" else None
+                if name == "sim_0":
+                    put(name, indices, m.cosine(input_emb[indices], c0))
+                elif name in ("sim_1", "clip_t"):
+                    put(name, indices, m.cosine(edit_emb[indices], c1))
+                else:
+                    put(name, indices, m.directional(input_emb[indices], edit_emb[indices], c0, c1))
+    if scorers.dino is not None:
+        targets = wanted("dino")
+        if targets:
+            dino = scorers.dino
+            put(
+                "dino",
+                targets,
+                m.cosine(
+                    _embed(dino, [edits[i] for i in targets]), _embed(dino, [examples[i].target for i in targets])
+                ),
+            )
+    return rows
+
+
+def _embed(scorer, images: list[torch.Tensor]) -> torch.Tensor:
+    """Embeddings of 1×3×H×W images of any sizes, one model call per size, in the order given."""
+    by_size: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    result: list[torch.Tensor | None] = [None] * len(images)
+    for indices in by_size.values():
+        embedded = scorer.embed_images(torch.cat([images[i] for i in indices]))
+        for i, row in zip(indices, embedded, strict=True):
+            result[i] = row
+    return torch.stack(result)
+
+
+# --------------------------------------------------------------------------------------- summary
+
+
+def summarize_rows(rows: list[dict], record: dict) -> dict:
+    """``metrics.json``: per guidance pair, each metric's mean, 95 % bootstrap interval and n; failures and
+    skipped metrics with their reasons."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["text_cfg"], row["image_cfg"]), []).append(row)
+    pairs = []
+    for (text_cfg, image_cfg), members in groups.items():
+        failed = Counter(row["failed"] for row in members if "failed" in row)
+        scored = [row for row in members if "failed" not in row]
+        values = {name: [row["metrics"][name] for row in scored if name in row["metrics"]] for name in m.ALL_METRICS}
+        skipped = {}
+        for name in m.ALL_METRICS:
+            reasons = Counter(row["skipped"][name] for row in scored if name in row.get("skipped", {}))
+            if reasons:
+                skipped[name] = dict(reasons)
+        pairs.append(
+            {
+                "text_cfg": text_cfg,
+                "image_cfg": image_cfg,
+                "examples": len(members),
+                "failed": dict(failed),
+                "metrics": {name: m.summarize(v) for name, v in values.items() if v},
+                "skipped": skipped,
+            }
+        )
+    pairs.sort(key=lambda p: (p["text_cfg"] is None, p["text_cfg"] or 0, p["image_cfg"] or 0))
+    return {"evaluation": record, "definitions": "docs/metrics.md", "pairs": pairs}
+
+
+# ------------------------------------------------------------------------------------- pictures
+
+
+def _sample_name(index: int, text_cfg, image_cfg) -> str:
+    return f"{index:04d}_dataset.png" if text_cfg is None else f"{index:04d}_t{text_cfg:g}_i{image_cfg:g}.png"
+
+
+def _save_png(path: Path, image: torch.Tensor) -> None:
+    from PIL import Image
+
+    with atomic_file(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+
+
+def _save_sample(out: Path, example: _Example, edit: torch.Tensor, text_cfg, image_cfg) -> None:
+    folder = out / SAMPLES
+    folder.mkdir(exist_ok=True)
+    if not (folder / f"{example.index:04d}_input.png").is_file():
+        _save_png(folder / f"{example.index:04d}_input.png", example.input[0])
+        if example.target is not None:
+            _save_png(folder / f"{example.index:04d}_target.png", example.target[0])
+    _save_png(folder / _sample_name(example.index, text_cfg, image_cfg), edit[0])
+
+
+def _draw(out: Path, summary: dict, pairs: list, with_model: bool) -> None:
+    from PIL import Image
+
+    from ..grid import labelled_grid
+    from ..plot import TradeoffPoint, tradeoff_plot
+
+    points = [
+        TradeoffPoint(p["image_cfg"], p["text_cfg"], p["metrics"]["directional"]["mean"], p["metrics"]["image"]["mean"])
+        for p in summary["pairs"]
+        if p["text_cfg"] is not None and {"directional", "image"} <= p["metrics"].keys()
+    ]
+    if with_model and points:
+        with atomic_file(out / PLOT_FILE) as tmp:
+            tradeoff_plot(points).save(tmp, format="PNG")
+    folder = out / SAMPLES
+    indices = sorted({int(p.name[:4]) for p in folder.glob("*_input.png")}) if folder.is_dir() else []
+    if not indices:
+        return
+    columns = ["input", *(("edit" if t is None else f"text {t:g}, image {s:g}") for t, s in pairs), "target"]
+    cell = 128
+    cells = []
+    for index in indices:
+        names = [f"{index:04d}_input.png", *(_sample_name(index, t, s) for t, s in pairs), f"{index:04d}_target.png"]
+        for name in names:
+            path = folder / name
+            image = (
+                Image.open(path).convert("RGB").resize((cell, cell))
+                if path.is_file()
+                else Image.new("RGB", (cell, cell), "white")
+            )
+            cells.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0))
+    grid = labelled_grid(torch.stack(cells), [f"example {i}" for i in indices], columns)
+    with atomic_file(out / GRID_FILE) as tmp:
+        Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
