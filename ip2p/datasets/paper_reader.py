@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # preference order when a seed has several
 _PAIR_FILE = re.compile(r"^(\d+)_([01])(\.[A-Za-z]+)$")
 _PROMPT_KEYS = ("caption", "input", "edit", "output")
+MASK = "mask"  # {seed}_mask.png beside a pair: its edit mask (white: the pixels the edit changes)
 
 
 def _pair_files(names: list[str]) -> dict[int, dict[int, str]]:
@@ -139,12 +140,25 @@ class PaperDataset(EditDataset):
         extra = {k: v for k, v in prompt.items() if k != "edit"}
         extra["seed"] = seed
         extra.update({k: v for k, v in self._metadata(folder_index).get(seed, {}).items() if k != "seed"})
+        mask = folder / f"{seed}_{MASK}.png"
+        if mask.is_file():  # an edit mask (``ip2p dataset toy`` writes the exact one): an image like any other extra
+            extra[MASK] = _read_mask(mask, edited_image.size, key)
         return EditExample(input_image, prompt["edit"], edited_image, key, extra)
 
     def _metadata(self, folder_index: int) -> dict[int, dict]:
         if self._metadata_cache is None or self._metadata_cache[0] != folder_index:
             self._metadata_cache = (folder_index, _read_metadata(self.path / self._folders[folder_index]))
         return self._metadata_cache[1]
+
+
+def _read_mask(path: Path, size: tuple[int, int], key: str):
+    """An edit mask file as a greyscale PIL image; one of another size than its pair is refused."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.size != size:
+            raise IP2PError(f"{key}: its edit mask {path.name} is {image.size}, its images {size}. Rewrite the pair.")
+        return image.convert("L")
 
 
 def _read_metadata(folder: Path) -> dict[int, dict]:

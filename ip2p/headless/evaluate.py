@@ -27,7 +27,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,17 @@ class _Example:
     target: torch.Tensor | None
     input_caption: str | None
     output_caption: str | None
-    extra: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # H×W bool: the pixels the edit should change (the toy world knows them)
+    family: str | None = None  # the toy world's edit family: metrics are reported per family too
+
+
+def _mask(extra: dict) -> torch.Tensor | None:
+    """The edit mask an example carries: a toy example's ``edit_mask`` array, or a dataset's ``mask`` image."""
+    value = extra.get("edit_mask", extra.get("mask"))
+    if value is None:
+        return None
+    array = np.asarray(value.convert("L")) > 127 if hasattr(value, "convert") else np.asarray(value, dtype=bool)
+    return torch.from_numpy(array)
 
 
 def evaluate(
@@ -202,7 +212,8 @@ def _load(dataset: Sequence, index: int) -> _Example | str:
             target=_pixels(target) if target is not None else None,
             input_caption=extra.get("input_caption") or None,
             output_caption=extra.get("output_caption") or None,
-            extra=extra,
+            mask=_mask(extra),
+            family=extra.get("family") if isinstance(extra.get("family"), str) else None,
         )
     except (IP2PError, OSError, ValueError) as exc:
         return f"cannot be read: {exc}"
@@ -247,6 +258,8 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
     values = _metrics([chunk[i] for i in scored], [edits[i] for i in scored], scorers, model is not None)
     for position, example in enumerate(chunk):
         row = {**base, "key": example.key, "index": example.index}
+        if example.family is not None:
+            row["family"] = example.family
         if position in failed:
             row["failed"] = failed[position]
         else:
@@ -324,6 +337,22 @@ def _metrics(examples: list[_Example], edits: list[torch.Tensor], scorers: Score
         for i, value in zip(indices, values, strict=True):
             rows[i]["metrics"][name] = float(value)
 
+    skip(m.TOY_METRICS, "the example has no edit mask (the toy world's)", lambda e: e.mask is None)
+    skip(m.TOY_METRICS, "the example has no target (edited) image", lambda e: e.target is None)
+    if not with_model:
+        skip(m.TOY_METRICS, "no --model: the dataset's own edited image is both the edit and the target")
+    for i in wanted("toy.hit_rate"):
+        example = examples[i]
+        edit, truth, source = m.matched_to(edits[i], example.target)[0], example.target[0], example.input[0]
+        if source.shape != truth.shape or tuple(example.mask.shape) != tuple(truth.shape[-2:]):
+            for name in m.TOY_METRICS:
+                rows[i]["skipped"][name] = "the input, target and mask are not of one size"
+            continue
+        inside = example.mask
+        put("toy.inside_to_truth", [i], [m.masked_distance(edit, truth, inside)])
+        put("toy.input_to_truth", [i], [m.masked_distance(source, truth, inside)])
+        put("toy.hit_rate", [i], [m.hit_rate(edit, source, truth, inside)])
+        put("toy.outside_change", [i], [m.masked_distance(edit, source, ~inside)])
     with_target = wanted("l1")
     for i in with_target:
         distances = m.pixel_distances(edits[i], examples[i].target)
@@ -402,16 +431,27 @@ def summarize_rows(rows: list[dict], record: dict) -> dict:
             reasons = Counter(row["skipped"][name] for row in scored if name in row.get("skipped", {}))
             if reasons:
                 skipped[name] = dict(reasons)
-        pairs.append(
-            {
-                "text_cfg": text_cfg,
-                "image_cfg": image_cfg,
-                "examples": len(members),
-                "failed": dict(failed),
-                "metrics": {name: m.summarize(v) for name, v in values.items() if v},
-                "skipped": skipped,
+        entry = {
+            "text_cfg": text_cfg,
+            "image_cfg": image_cfg,
+            "examples": len(members),
+            "failed": dict(failed),
+            "metrics": {name: m.summarize(v) for name, v in values.items() if v},
+            "skipped": skipped,
+        }
+        families = sorted({row["family"] for row in scored if "family" in row})
+        if families:
+            entry["per_family"] = {
+                family: {
+                    name: m.summarize(
+                        [r["metrics"][name] for r in scored if r.get("family") == family and name in r["metrics"]]
+                    )
+                    for name in m.ALL_METRICS
+                    if any(r.get("family") == family and name in r["metrics"] for r in scored)
+                }
+                for family in families
             }
-        )
+        pairs.append(entry)
     pairs.sort(key=lambda p: (p["text_cfg"] is None, p["text_cfg"] or 0, p["image_cfg"] or 0))
     return {"evaluation": record, "definitions": "docs/metrics.md", "pairs": pairs}
 

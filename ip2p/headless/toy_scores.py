@@ -25,6 +25,7 @@ import torch
 
 from ..datasets.toy import ToyExample, render_example
 from ..images import to_rgb_array, to_uint8
+from ..quality.metrics import masked_distance
 from .components import EditModel
 
 
@@ -54,10 +55,10 @@ def wrong_instructions(examples: Sequence[ToyExample]) -> list[str]:
 
 
 def _mean_distance(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    """Mean absolute RGB difference over the pixels where ``where`` is true (NaN when there are none)."""
-    if not where.any():
-        return float("nan")
-    return float(np.abs(a - b).mean(axis=-1)[where].mean())
+    """:func:`ip2p.quality.metrics.masked_distance` of two H×W×3 arrays."""
+    return masked_distance(
+        *(torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1) for x in (a, b)), torch.from_numpy(where)
+    )
 
 
 def example_distances(example: ToyExample, result: np.ndarray, wrong_result: np.ndarray) -> dict[str, float]:

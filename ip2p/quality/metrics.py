@@ -14,6 +14,9 @@ MagicBrush (Zhang et al. 2023, evaluation/image_eval.py; need the target t):
     clip_i = cos(CLIP(e), CLIP(t))
     dino   = cos(DINO(e), DINO(t))  (the ViT's class token)
     clip_t = cos(CLIP(e), c_1)   the edit against the target's caption: the same number as sim_1
+The toy world (the edit mask M is known exactly):
+    toy.inside_to_truth = mean over M of |e − t|, toy.input_to_truth = mean over M of |x − t| (the baseline),
+    toy.hit_rate = share of M where |e − t| < |e − x|, toy.outside_change = mean outside M of |e − x|
 
 Everything here is plain torch on tensors; a metric whose inputs are missing is not computed here
 but reported as skipped by the caller, never as 0.
@@ -32,8 +35,17 @@ from ..errors import IP2PError
 
 PAPER_METRICS = ("sim_0", "sim_1", "directional", "image")
 TARGET_METRICS = ("l1", "l2", "clip_i", "dino", "clip_t")
-ALL_METRICS = PAPER_METRICS + TARGET_METRICS
-HIGHER_IS_BETTER = {"l1": False, "l2": False}  # every other metric: higher is better
+# The toy world's, where the edit mask is known (docs/metrics.md): inside the mask the edit against the truth
+# and the unchanged input's baseline, the hit rate; outside it the change from the input.
+TOY_METRICS = ("toy.inside_to_truth", "toy.input_to_truth", "toy.hit_rate", "toy.outside_change")
+ALL_METRICS = PAPER_METRICS + TARGET_METRICS + TOY_METRICS
+HIGHER_IS_BETTER = {  # every other metric: higher is better
+    "l1": False,
+    "l2": False,
+    "toy.inside_to_truth": False,
+    "toy.input_to_truth": False,
+    "toy.outside_change": False,
+}
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -80,6 +92,24 @@ def pixel_distances(edit: torch.Tensor, target: torch.Tensor) -> dict[str, torch
         )
     difference = matched_to(edit, target) - target.float()
     return {"l1": difference.abs().mean(dim=(1, 2, 3)), "l2": difference.pow(2).mean(dim=(1, 2, 3))}
+
+
+def masked_distance(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
+    """Mean absolute difference of two 3×H×W images in [0, 1] over the pixels where the H×W ``where`` is true
+    (per pixel: the mean over channels); NaN when there are none. The toy world's distance."""
+    if not bool(where.any()):
+        return float("nan")
+    return float((a.float() - b.float()).abs().mean(dim=0)[where].mean())
+
+
+def hit_rate(edit: torch.Tensor, source: torch.Tensor, truth: torch.Tensor, where: torch.Tensor) -> float:
+    """The share of the pixels where ``where`` is true at which the edit is closer to the truth than to the
+    input (3×H×W images in [0, 1]): 1 is a full edit, 0 an unchanged input; NaN without such pixels."""
+    if not bool(where.any()):
+        return float("nan")
+    to_truth = (edit.float() - truth.float()).abs().mean(dim=0)
+    to_input = (edit.float() - source.float()).abs().mean(dim=0)
+    return float((to_truth < to_input)[where].float().mean())
 
 
 def bootstrap_interval(

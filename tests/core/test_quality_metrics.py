@@ -65,3 +65,15 @@ def test_the_bootstrap_interval_holds_the_mean_and_is_deterministic():
 def test_a_summary_ignores_non_finite_values_and_counts_the_rest():
     summary = m.summarize([0.2, float("nan"), 0.4])
     assert summary["mean"] == pytest.approx(0.3) and summary["n"] == 2
+
+
+def test_toy_distances_and_hit_rate_inside_and_outside_the_mask():
+    source = torch.zeros(3, 2, 2)
+    truth = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).expand(3, 2, 2)
+    mask = torch.tensor([[True, True], [False, False]])
+    perfect, half = truth.clone(), torch.tensor([[0.9, 0.2], [0.1, 0.0]]).expand(3, 2, 2)
+    assert m.masked_distance(perfect, truth, mask) == 0.0 and m.hit_rate(perfect, source, truth, mask) == 1.0
+    assert m.hit_rate(source, source, truth, mask) == 0.0  # an unchanged input
+    assert m.hit_rate(half, source, truth, mask) == 0.5  # closer to the truth at one of the two masked pixels
+    assert m.masked_distance(half, source, ~mask) == pytest.approx(0.05)  # the change outside the mask
+    assert math.isnan(m.masked_distance(half, truth, torch.zeros(2, 2, dtype=torch.bool)))

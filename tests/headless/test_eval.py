@@ -14,7 +14,7 @@ import torch
 from ip2p.cli.main import main
 from ip2p.headless import evaluate as engine
 from ip2p.headless.random_model import save_random_clip, save_random_dino
-from ip2p.quality.metrics import ALL_METRICS
+from ip2p.quality.metrics import PAPER_METRICS, TARGET_METRICS, TOY_METRICS
 
 FAST = ["--steps", "1", "--sampler", "euler", "--image-cfg", "1.0,1.5", "-q"]
 QUICK = ["--steps", "1", "--sampler", "euler", "--image-cfg", "1.5", "--limit", "2", "-q"]  # one pair, two examples
@@ -45,8 +45,9 @@ def test_a_model_is_scored_at_every_guidance_pair_with_every_metric(tiny_single_
     pairs = _metrics(tmp_path)["pairs"]
     assert [(p["text_cfg"], p["image_cfg"]) for p in pairs] == [(7.5, 1.0), (7.5, 1.5)]
     for pair in pairs:
-        assert pair["examples"] == 4 and pair["failed"] == {} and pair["skipped"] == {}
-        assert set(pair["metrics"]) == set(ALL_METRICS)
+        assert pair["examples"] == 4 and pair["failed"] == {}
+        assert set(pair["metrics"]) == set(PAPER_METRICS + TARGET_METRICS)
+        assert pair["skipped"] == {name: {"the example has no edit mask (the toy world's)": 4} for name in TOY_METRICS}
         assert all(v["n"] == 4 and v["ci95"][0] <= v["mean"] <= v["ci95"][1] for v in pair["metrics"].values())
         assert pair["metrics"]["clip_t"]["mean"] == pytest.approx(pair["metrics"]["sim_1"]["mean"])
     assert len(_rows(tmp_path)) == 8
@@ -147,3 +148,20 @@ def test_the_dino_embedding_is_the_class_token_of_224_px_crops(scorers):
     dino = DinoScorer.from_folder(scorers[1], device="cpu")
     images = torch.rand(2, 3, 300, 200, generator=torch.Generator().manual_seed(0))
     assert dino.embed_images(images).shape == (2, 32)
+
+
+def test_toy_data_gets_the_toy_metrics_per_edit_family(tiny_single_file, tmp_path):
+    from ip2p.datasets.toy import write_toy_dataset
+
+    data = tmp_path / "toy"
+    write_toy_dataset(data, count=3, seed=2)
+    assert (
+        main([str(a) for a in _eval(tmp_path, data, "--model", tiny_single_file, *QUICK[:-3], "--limit", 3, "-q")]) == 0
+    )
+    (pair,) = _metrics(tmp_path)["pairs"]
+    assert {"toy.inside_to_truth", "toy.input_to_truth", "toy.hit_rate", "toy.outside_change"} <= set(pair["metrics"])
+    families = [
+        json.loads(line)["family"] for line in (tmp_path / "eval" / "per_example.jsonl").read_text().splitlines()
+    ]
+    assert set(pair["per_family"]) == set(families)
+    assert sum(f["toy.hit_rate"]["n"] for f in pair["per_family"].values()) == 3
