@@ -1,4 +1,4 @@
-"""``ip2p edit``: one image or a folder of images, edited by one instruction.
+"""``ip2p edit``: one image or a folder of images, edited by one instruction (or a chain of them).
 
 Everything that can be checked is checked before the model loads (settings, inputs decoded, output
 names), so a mistake costs seconds and writes nothing. An output that exists already is refused
@@ -9,6 +9,7 @@ readable image is edited and written, then the run exits non-zero naming the one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -34,7 +35,13 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--model", required=True, help="single-file checkpoint (.safetensors/.ckpt) or diffusers folder")
     p.add_argument("--image", required=True, help="input image, or a folder of images (each edited at its own size)")
-    p.add_argument("--instruction", required=True, help='the edit, e.g. "make it winter"; empty returns the input')
+    p.add_argument(
+        "--instruction",
+        required=True,
+        action="append",
+        help='the edit, e.g. "make it winter"; empty returns the input. Given several times, the edits are chained: '
+        "each instruction edits the result of the one before (multi-turn editing)",
+    )
     p.add_argument("--out", required=True, help="output .png (or folder, for a folder input)")
     p.add_argument(
         "--overwrite",
@@ -100,7 +107,7 @@ def _settings(args: argparse.Namespace):
     from ..headless.editor import EditSettings
 
     return EditSettings(
-        instruction=args.instruction,
+        instruction=args.instruction[0],
         negative=args.negative,
         steps=args.steps,
         text_cfg=args.text_cfg,
@@ -374,14 +381,19 @@ def run(args: argparse.Namespace) -> int:
             batch = torch.cat([load_image(inputs[i], max_input_side=settings.max_input_side) for i in chunk])
             chunk_settings = working_settings(settings, model, (batch.shape[-1], batch.shape[-2]))
             try:
-                edited = edit(model, batch, chunk_settings, progress=not args.quiet)
+                edited = batch
+                for turn in args.instruction:  # several: each edits the result of the one before
+                    turn_settings = dataclasses.replace(chunk_settings, instruction=turn)
+                    edited = edit(model, edited, turn_settings, progress=not args.quiet)
             except IP2PError as exc:
                 rows = exc.rows if isinstance(exc, NonFiniteEditError) else range(len(chunk))
-                failed = ", ".join(str(inputs[chunk[row]]) for row in rows)
+                names = ", ".join(str(inputs[chunk[row]]) for row in rows)
                 kept = f"the {written} edit(s) finished before it are kept" if written else "nothing was written"
-                raise IP2PError(f"{failed}: {exc} The run stopped there; {kept}.") from exc
+                raise IP2PError(f"{names}: {exc} The run stopped there; {kept}.") from exc
             for row, index in enumerate(chunk):
                 metadata = edit_metadata(chunk_settings, model, inputs[index], len(chunk), row)
+                if len(args.instruction) > 1:
+                    metadata["instructions"] = list(args.instruction)  # the turns, in order
                 if applied_loras:
                     metadata["loras"] = applied_loras
                 save_png(edited[row], targets[index], metadata)
