@@ -178,6 +178,15 @@ _FOLDER_NEEDS = (
 )
 
 
+def config_model_type(folder: Path, needs: str) -> str | None:
+    """The ``model_type`` a transformers folder's config.json names; an unreadable config is an error ending
+    with ``needs`` (what such a folder must hold)."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise IP2PError(f"{folder / 'config.json'} is not a readable JSON model config ({exc}). {needs}") from exc
+
+
 def check_clip_folder(path: str | os.PathLike) -> Path:
     """``path`` as a Path when it holds every file a CLIP model needs, else an error naming the missing one."""
     folder = Path(path)
@@ -198,12 +207,7 @@ def check_clip_folder(path: str | os.PathLike) -> Path:
     ]
     if missing:
         raise IP2PError(f"{folder} lacks {'; '.join(missing)}. {_FOLDER_NEEDS}")
-    try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise IP2PError(
-            f"{folder / 'config.json'} is not a readable JSON model config ({exc}). {_FOLDER_NEEDS}"
-        ) from exc
+    model_type = config_model_type(folder, _FOLDER_NEEDS)
     if model_type != "clip":
         raise IP2PError(
             f"{folder} holds a {model_type!r} model, not a CLIP dual encoder (model_type 'clip'): the filter needs "

@@ -8,13 +8,12 @@ its weights); nothing is fetched. The embedding is the class token of the last l
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..clip_filter import WEIGHT_FILES, clip_pixel_values
+from ..clip_filter import WEIGHT_FILES, clip_pixel_values, config_model_type
 from ..devices import resolve_device, resolve_dtype
 from ..errors import IP2PError
 
@@ -34,10 +33,7 @@ def check_dino_folder(path: str | os.PathLike) -> Path:
         raise IP2PError(f"DINO model folder not found: {folder}. {_NEEDS}")
     if not (folder / "config.json").is_file() or not any((folder / n).is_file() for n in WEIGHT_FILES):
         raise IP2PError(f"{folder} lacks config.json or its weights. {_NEEDS}")
-    try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise IP2PError(f"{folder / 'config.json'} is not a readable JSON model config ({exc}). {_NEEDS}") from exc
+    model_type = config_model_type(folder, _NEEDS)
     if model_type not in DINO_MODEL_TYPES:
         raise IP2PError(f"{folder} holds a {model_type!r} model, not a DINO vision transformer. {_NEEDS}")
     return folder
