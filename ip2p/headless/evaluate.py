@@ -2,7 +2,7 @@
 
 With a model, each example's input is edited by its instruction at every (text_cfg, image_cfg)
 pair and scored against the input, the captions and the dataset's edited image as the target
-(:mod:`ip2p.quality.metrics`). Without one, the dataset's own pairs are scored (input → edited),
+(:func:`ip2p.quality.scoring.score_edits`). Without one, the dataset's own pairs are scored (input → edited),
 so a dataset can be judged before training on it. A metric whose inputs are missing (no CLIP or
 DINO folder, no captions, no target) is reported as skipped with the reason, never as 0; an edit
 that fails (NaN) is counted as failed with the reason, and the run goes on.
@@ -37,6 +37,7 @@ from ..errors import IP2PError
 from ..formats.atomic import atomic_file
 from ..images import to_rgb_array, to_uint8
 from ..quality import metrics as m
+from ..quality.scoring import EditToScore, score_edits
 from .components import EditModel
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,12 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
     edits, failed = _edits(chunk, model, settings, text_cfg, image_cfg)
     rows = []
     scored = [i for i in range(len(chunk)) if i not in failed]
-    values = _metrics([chunk[i] for i in scored], [edits[i] for i in scored], scorers, model is not None)
+    values = score_edits(
+        [_to_score(chunk[i], edits[i]) for i in scored],
+        clip=scorers.clip,
+        dino=scorers.dino,
+        edit_is_target=model is None,
+    )
     for position, example in enumerate(chunk):
         row = {**base, "key": example.key, "index": example.index}
         if example.family is not None:
@@ -268,6 +274,17 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
                 _save_sample(out, example, edits[position], text_cfg, image_cfg)
         rows.append(row)
     return rows
+
+
+def _to_score(example: _Example, edit: torch.Tensor) -> EditToScore:
+    return EditToScore(
+        input=example.input,
+        edit=edit,
+        target=example.target,
+        input_caption=example.input_caption,
+        output_caption=example.output_caption,
+        mask=example.mask,
+    )
 
 
 def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[list[torch.Tensor], dict[int, str]]:
@@ -300,116 +317,6 @@ def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[l
                 failed[position] = bad[0]
         return results, failed
     return [edited[i : i + 1] for i in range(len(chunk))], {}
-
-
-def _metrics(examples: list[_Example], edits: list[torch.Tensor], scorers: Scorers, with_model: bool) -> list[dict]:
-    """Per example ``{"metrics": {name: value}, "skipped": {name: reason}}``."""
-    rows = [{"metrics": {}, "skipped": {}} for _ in examples]
-    if not examples:
-        return rows
-
-    def skip(names, reason, which=None):
-        for i, row in enumerate(rows):
-            if which is None or which(examples[i]):
-                for name in names:
-                    row["skipped"].setdefault(name, reason)
-
-    if not with_model:
-        skip(
-            ("l1", "l2", "clip_i", "dino"), "no --model: the dataset's own edited image is both the edit and the target"
-        )
-    if scorers.clip is None:
-        skip(("sim_0", "sim_1", "directional", "image", "clip_i", "clip_t"), "no --clip model given")
-    if scorers.dino is None:
-        skip(("dino",), "no --dino model given")
-    skip(("l1", "l2", "clip_i", "dino"), "the example has no target (edited) image", lambda e: e.target is None)
-    skip(("sim_0", "directional"), "the example has no input caption", lambda e: e.input_caption is None)
-    skip(
-        ("sim_1", "directional", "clip_t"),
-        "the example has no output (target) caption",
-        lambda e: e.output_caption is None,
-    )
-
-    def wanted(name) -> list[int]:
-        return [i for i, row in enumerate(rows) if name not in row["skipped"]]
-
-    def put(name, indices, values):
-        for i, value in zip(indices, values, strict=True):
-            rows[i]["metrics"][name] = float(value)
-
-    skip(m.TOY_METRICS, "the example has no edit mask (the toy world's)", lambda e: e.mask is None)
-    skip(m.TOY_METRICS, "the example has no target (edited) image", lambda e: e.target is None)
-    if not with_model:
-        skip(m.TOY_METRICS, "no --model: the dataset's own edited image is both the edit and the target")
-    for i in wanted("toy.hit_rate"):
-        example = examples[i]
-        edit, truth, source = m.matched_to(edits[i], example.target)[0], example.target[0], example.input[0]
-        if source.shape != truth.shape or tuple(example.mask.shape) != tuple(truth.shape[-2:]):
-            for name in m.TOY_METRICS:
-                rows[i]["skipped"][name] = "the input, target and mask are not of one size"
-            continue
-        inside = example.mask
-        put("toy.inside_to_truth", [i], [m.masked_distance(edit, truth, inside)])
-        put("toy.input_to_truth", [i], [m.masked_distance(source, truth, inside)])
-        put("toy.hit_rate", [i], [m.hit_rate(edit, source, truth, inside)])
-        put("toy.outside_change", [i], [m.masked_distance(edit, source, ~inside)])
-    with_target = wanted("l1")
-    for i in with_target:
-        distances = m.pixel_distances(edits[i], examples[i].target)
-        put("l1", [i], distances["l1"].tolist())
-        put("l2", [i], distances["l2"].tolist())
-    if scorers.clip is not None:
-        clip = scorers.clip
-        edit_emb = _embed(clip, edits)
-        input_emb = _embed(clip, [e.input for e in examples])
-        targets = wanted("clip_i")
-        if targets:
-            put("clip_i", targets, m.cosine(edit_emb[targets], _embed(clip, [examples[i].target for i in targets])))
-        put("image", wanted("image"), m.cosine(input_emb[wanted("image")], edit_emb[wanted("image")]))
-        captioned = {name: wanted(name) for name in ("sim_0", "sim_1", "directional", "clip_t")}
-        texts = sorted({c for e in examples for c in (e.input_caption, e.output_caption) if c is not None})
-        if texts:
-            text_emb = dict(zip(texts, clip.embed_captions(texts), strict=True))
-            for name, indices in captioned.items():
-                if not indices:
-                    continue
-                c0 = (
-                    torch.stack([text_emb[examples[i].input_caption] for i in indices])
-                    if name in ("sim_0", "directional")
-                    else None
-                )
-                c1 = torch.stack([text_emb[examples[i].output_caption] for i in indices]) if name != "sim_0" else None
-                if name == "sim_0":
-                    put(name, indices, m.cosine(input_emb[indices], c0))
-                elif name in ("sim_1", "clip_t"):
-                    put(name, indices, m.cosine(edit_emb[indices], c1))
-                else:
-                    put(name, indices, m.directional(input_emb[indices], edit_emb[indices], c0, c1))
-    if scorers.dino is not None:
-        targets = wanted("dino")
-        if targets:
-            dino = scorers.dino
-            put(
-                "dino",
-                targets,
-                m.cosine(
-                    _embed(dino, [edits[i] for i in targets]), _embed(dino, [examples[i].target for i in targets])
-                ),
-            )
-    return rows
-
-
-def _embed(scorer, images: list[torch.Tensor]) -> torch.Tensor:
-    """Embeddings of 1×3×H×W images of any sizes, one model call per size, in the order given."""
-    by_size: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape), []).append(i)
-    result: list[torch.Tensor | None] = [None] * len(images)
-    for indices in by_size.values():
-        embedded = scorer.embed_images(torch.cat([images[i] for i in indices]))
-        for i, row in zip(indices, embedded, strict=True):
-            result[i] = row
-    return torch.stack(result)
 
 
 # --------------------------------------------------------------------------------------- summary

@@ -1,3 +1,4 @@
-"""Measures of edit quality: pure maths on embeddings and pixels (:mod:`.metrics`), and the models that embed
-(:mod:`.dino` beside :class:`ip2p.clip_filter.ClipScorer`). ``ip2p eval`` computes them; docs/metrics.md
-says what each one means, its formula and its source."""
+"""Measures of edit quality, one room: pure maths on embeddings and pixels (:mod:`.metrics`), every metric of
+a batch of edits in one call (:mod:`.scoring`, what ``ip2p eval`` and the Evaluate node use), and the models
+that embed (:mod:`.dino` beside :class:`ip2p.clip_filter.ClipScorer`). No diffusers, no ComfyUI here;
+docs/metrics.md says what each metric means, its formula and its source."""
