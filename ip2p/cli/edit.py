@@ -4,6 +4,8 @@ Everything that can be checked is checked before the model loads (settings, inpu
 names), so a mistake costs seconds and writes nothing. An output that exists already is refused
 unless ``--overwrite``. In a folder, an image that cannot be read does not stop the others: every
 readable image is edited and written, then the run exits non-zero naming the ones that failed.
+With ``--auto-cfg`` each image is edited at every setting of a small (text_cfg, image_cfg) sweep and
+the edit that :mod:`ip2p.quality.auto_cfg`'s rule keeps is written, its PNG recording the sweep's scores.
 """
 
 from __future__ import annotations
@@ -93,7 +95,46 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
     lora.add_lora_options(p)
+    add_auto_cfg_options(p)
     p.set_defaults(handler=run)
+
+
+def add_auto_cfg_options(p: argparse.ArgumentParser) -> None:
+    from ..quality.auto_cfg import DEFAULT_IMAGE_CFG_VALUES, DEFAULT_MIN_IMAGE_SIMILARITY, DEFAULT_TEXT_CFG_VALUES
+
+    auto = p.add_argument_group(
+        "automatic guidance",
+        "edit each image at every (text_cfg, image_cfg) of a small sweep, score each edit with CLIP and keep one: the "
+        "highest directional similarity whose image similarity reaches a floor (docs/metrics.md)",
+    )
+    auto.add_argument(
+        "--auto-cfg",
+        action="store_true",
+        help="choose text_cfg and image_cfg per image by that rule (instead of --text-cfg and --image-cfg); needs "
+        "--clip, --input-caption and --edited-caption",
+    )
+    auto.add_argument("--clip", default=None, help="a local CLIP folder (transformers format) that scores the sweep")
+    auto.add_argument("--input-caption", default=None, help='what the input shows, e.g. "a photo of a house"')
+    auto.add_argument(
+        "--edited-caption", default=None, help='what the edit should show, e.g. "a photo of a house in winter"'
+    )
+    auto.add_argument(
+        "--auto-text-cfg",
+        default=None,
+        help=f"the sweep's text_cfg values ({','.join(f'{v:g}' for v in DEFAULT_TEXT_CFG_VALUES)})",
+    )
+    auto.add_argument(
+        "--auto-image-cfg",
+        default=None,
+        help=f"the sweep's image_cfg values ({','.join(f'{v:g}' for v in DEFAULT_IMAGE_CFG_VALUES)})",
+    )
+    auto.add_argument(
+        "--min-image-similarity",
+        type=float,
+        default=None,
+        help=f"the floor of CLIP image similarity, input vs edit ({DEFAULT_MIN_IMAGE_SIMILARITY:g}, the paper's "
+        f"filter threshold)",
+    )
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -119,6 +160,100 @@ def _settings(args: argparse.Namespace):
         max_side=args.max_side,
         max_input_side=args.max_input_side,
     )
+
+
+AUTO_ONLY = ("clip", "input_caption", "edited_caption", "auto_text_cfg", "auto_image_cfg", "min_image_similarity")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoGuidance:
+    """``--auto-cfg``'s sweep and scorer, checked before anything loads."""
+
+    cells: tuple[tuple[float, float], ...]  # (text_cfg, image_cfg), row-major
+    min_image_similarity: float
+    clip: Path
+    input_caption: str
+    edited_caption: str
+
+
+def auto_guidance(args: argparse.Namespace) -> AutoGuidance | None:
+    """``--auto-cfg``'s settings (None without it), or an error naming the option to add or drop."""
+    from ..grid import parse_scales
+    from ..quality import auto_cfg
+
+    given = [f"--{name.replace('_', '-')}" for name in AUTO_ONLY if getattr(args, name, None) is not None]
+    if not getattr(args, "auto_cfg", False):
+        if given:
+            raise IP2PError(f"{', '.join(given)} apply only with --auto-cfg: add --auto-cfg, or leave them out.")
+        return None
+    if len(args.instruction) > 1:
+        raise IP2PError(
+            f"--auto-cfg chooses the scales of one edit, but --instruction was given {len(args.instruction)} times. "
+            f"Give one instruction, or chain the edits without --auto-cfg."
+        )
+    if not args.instruction[0].strip():
+        raise IP2PError("--auto-cfg has nothing to choose scales for: the instruction is empty. Give the edit to make.")
+    missing = [
+        flag
+        for flag, value in (
+            ("--clip DIR", args.clip),
+            ("--input-caption TEXT", args.input_caption),
+            ("--edited-caption TEXT", args.edited_caption),
+        )
+        if not (value or "").strip()
+    ]
+    if missing:
+        raise IP2PError(
+            "--auto-cfg scores every edit of its sweep by CLIP directional similarity, which needs a CLIP model and "
+            f"what the input shows and the edit should show: add {' and '.join(missing)}."
+        )
+    defaults = {"auto_text_cfg": auto_cfg.DEFAULT_TEXT_CFG_VALUES, "auto_image_cfg": auto_cfg.DEFAULT_IMAGE_CFG_VALUES}
+    text, image = (
+        parse_scales(getattr(args, name) or ",".join(f"{v:g}" for v in defaults[name]), f"--{name.replace('_', '-')}")
+        for name in ("auto_text_cfg", "auto_image_cfg")
+    )
+    floor = args.min_image_similarity
+    from ..clip_filter import check_clip_folder
+
+    return AutoGuidance(
+        cells=tuple((t, i) for t in text for i in image),
+        min_image_similarity=auto_cfg.check_floor(auto_cfg.DEFAULT_MIN_IMAGE_SIMILARITY if floor is None else floor),
+        clip=check_clip_folder(Path(args.clip).expanduser()),
+        input_caption=args.input_caption.strip(),
+        edited_caption=args.edited_caption.strip(),
+    )
+
+
+def auto_edit(model, clip, images, settings, auto: AutoGuidance, *, progress: bool):
+    """``images`` edited at every setting of the sweep, each edit scored against its input with CLIP, and per image
+    the edit the rule keeps: (the kept edits, one :class:`~ip2p.quality.auto_cfg.GuidanceChoice` per image)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..headless.editor import edit
+    from ..plot import TradeoffPoint
+    from ..quality.auto_cfg import choose_guidance
+    from ..quality.metrics import cosine, directional
+
+    inputs = clip.embed_images(sizing.prepare(images, settings.resize, settings.max_side))  # as the model sees it
+    caption_0, caption_1 = clip.embed_captions(auto.input_caption), clip.embed_captions(auto.edited_caption)
+    edits, scores = [], []
+    for text_cfg, image_cfg in tqdm(auto.cells, desc="auto-cfg sweep", unit="edit", disable=not progress, leave=False):
+        cell = dataclasses.replace(settings, text_cfg=text_cfg, image_cfg=image_cfg)
+        edited = edit(model, images, cell, progress=progress)
+        embedded = clip.embed_images(edited)
+        scores.append((directional(inputs, embedded, caption_0, caption_1).tolist(), cosine(inputs, embedded).tolist()))
+        edits.append(edited)
+    kept, choices = [], []
+    for row in range(images.shape[0]):
+        points = [
+            TradeoffPoint(image_cfg=i, text_cfg=t, directional=dirs[row], image_similarity=sims[row])
+            for (t, i), (dirs, sims) in zip(auto.cells, scores, strict=True)
+        ]
+        choice = choose_guidance(points, auto.min_image_similarity)
+        kept.append(edits[next(k for k, point in enumerate(points) if point is choice.chosen)][row])
+        choices.append(choice)
+    return torch.stack(kept), choices
 
 
 def collect_inputs(image: Path) -> tuple[list[Path], bool]:
@@ -349,6 +484,7 @@ def edit_metadata(settings, model, source: Path, batch_size: int, batch_index: i
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    auto = auto_guidance(args)
     if not 1 <= args.batch <= MAX_BATCH:
         raise IP2PError(f"--batch is {args.batch}; give a whole number from 1 to {MAX_BATCH}.")
     device = devices.resolve_device(args.device)
@@ -372,6 +508,12 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("The instruction is empty: the images are written unchanged.")
     model = load_edit_model(args.model, require_edit=True, device=str(device), dtype=dtype)
     applied_loras = apply_loras(model, lora.adapters(args))
+    if auto is not None:
+        from ..clip_filter import ClipScorer
+        from ..formats.hashing import model_hash
+
+        clip = ClipScorer.from_folder(auto.clip, device=device, dtype=dtype)
+        clip_hash = model_hash(auto.clip)
     # Output folders are made by the first write into them (save_png), so a failed first edit leaves none.
 
     bar = _image_bar(len(readable), show=len(readable) > 1 and not args.quiet)
@@ -380,18 +522,31 @@ def run(args: argparse.Namespace) -> int:
         for chunk in chunks:
             batch = torch.cat([load_image(inputs[i], max_input_side=settings.max_input_side) for i in chunk])
             chunk_settings = working_settings(settings, model, (batch.shape[-1], batch.shape[-2]))
+            choices = None
             try:
-                edited = batch
-                for turn in args.instruction:  # several: each edits the result of the one before
-                    turn_settings = dataclasses.replace(chunk_settings, instruction=turn)
-                    edited = edit(model, edited, turn_settings, progress=not args.quiet)
+                if auto is not None:
+                    edited, choices = auto_edit(model, clip, batch, chunk_settings, auto, progress=not args.quiet)
+                else:
+                    edited = batch
+                    for turn in args.instruction:  # several: each edits the result of the one before
+                        turn_settings = dataclasses.replace(chunk_settings, instruction=turn)
+                        edited = edit(model, edited, turn_settings, progress=not args.quiet)
             except IP2PError as exc:
                 rows = exc.rows if isinstance(exc, NonFiniteEditError) else range(len(chunk))
                 names = ", ".join(str(inputs[chunk[row]]) for row in rows)
                 kept = f"the {written} edit(s) finished before it are kept" if written else "nothing was written"
                 raise IP2PError(f"{names}: {exc} The run stopped there; {kept}.") from exc
             for row, index in enumerate(chunk):
-                metadata = edit_metadata(chunk_settings, model, inputs[index], len(chunk), row)
+                row_settings = chunk_settings
+                if choices is not None:
+                    chosen = choices[row].chosen
+                    row_settings = dataclasses.replace(
+                        chunk_settings, text_cfg=chosen.text_cfg, image_cfg=chosen.image_cfg
+                    )
+                    logger.info("%s, automatic guidance:\n%s", inputs[index], choices[row].table())
+                metadata = edit_metadata(row_settings, model, inputs[index], len(chunk), row)
+                if choices is not None:
+                    metadata["auto_cfg"] = {**choices[row].record(), "clip_hash": clip_hash}
                 if len(args.instruction) > 1:
                     metadata["instructions"] = list(args.instruction)  # the turns, in order
                 if applied_loras:
