@@ -1,7 +1,8 @@
 """``ip2p eval``: how well a model edits a dataset, or how good a dataset's own pairs are, in numbers.
 
 The paper's CLIP similarities (directional against image similarity over an image_cfg sweep) and
-MagicBrush's target metrics (L1, L2, CLIP-I, DINO, CLIP-T); docs/metrics.md says what each means.
+MagicBrush's target metrics (L1, L2, CLIP-I, DINO, CLIP-T), per turn and at the final turn for
+multi-turn data (MagicBrush's parquet); docs/metrics.md says what each means.
 Settings, folders and the dataset are checked before any model loads; a rerun continues.
 """
 
@@ -31,7 +32,9 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--model", default=None, help="an InstructPix2Pix model (file or diffusers folder); none: score the data"
     )
-    p.add_argument("--data", required=True, help="a dataset our reader opens (paper layout, parquet, save_to_disk)")
+    p.add_argument(
+        "--data", required=True, help="a dataset our reader opens (paper layout, parquet, MagicBrush, save_to_disk)"
+    )
     p.add_argument("--out", required=True, help="the evaluation folder (missing, empty, or this evaluation's: resumed)")
     p.add_argument("--clip", default=None, help="a local CLIP folder (transformers format) for the CLIP metrics")
     p.add_argument("--dino", default=None, help="a local DINO folder (transformers ViT/Dinov2) for the DINO metric")
@@ -46,6 +49,12 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=0, help="noise seed of every edit (0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
     p.add_argument("--batch", type=int, default=1, help="examples of one size per editor call (1)")
+    p.add_argument(
+        "--reanchor",
+        action="store_true",
+        help="multi-turn data: edit every turn from its own source image (MagicBrush's single-turn setting), "
+        "not from the previous turn's edit",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1 …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
     p.set_defaults(handler=run)
@@ -55,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets.reader import open_dataset
     from ..formats.hashing import model_hash
     from ..grid import parse_scales
-    from ..headless.evaluate import EvalSettings, Scorers, evaluate
+    from ..headless.evaluate import EvalSettings, Scorers, evaluate, turn_order
 
     settings = EvalSettings(
         text_cfg=tuple(parse_scales(args.text_cfg, "--text-cfg")),
@@ -65,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         limit=args.limit,
         batch=args.batch,
+        reanchor=args.reanchor,
     )
     if args.model is not None:  # the edit settings themselves, before anything loads
         from ..headless.editor import EditSettings
@@ -79,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_dino_folder(args.dino)
     dataset = open_dataset(args.data)
+    turn_order(dataset)  # an image whose turns do not run 1, 2, … is refused before any model loads
+    multi_turn = args.model is not None and dataset.turns is not None
+    if args.reanchor and not multi_turn:
+        logger.warning("--reanchor applies to multi-turn data edited by a --model only; ignored here.")
     device = devices.resolve_device(args.device)
     dtype = devices.resolve_dtype(args.dtype, device)
     record = {
@@ -93,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "sampler": settings.sampler if args.model else None,
         "seed": settings.seed if args.model else None,
         "limit": settings.limit,
+        "reanchor": settings.reanchor if multi_turn else None,
         "dtype": str(dtype).removeprefix("torch."),
     }
     model = None
@@ -125,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         means = ", ".join(f"{name} {value['mean']:.4f}" for name, value in pair["metrics"].items())
         failed = sum(pair["failed"].values())
         logger.info("%s: %d examples%s; %s", scales, pair["examples"], f" ({failed} failed)" if failed else "", means)
+        if pair.get("final_turn"):
+            final = ", ".join(f"{name} {value['mean']:.4f}" for name, value in pair["final_turn"].items())
+            logger.info("  at each image's final turn: %s", final)
     logger.info("Wrote %s", Path(args.out) / "metrics.json")
     if not any(pair["metrics"] for pair in summary["pairs"]):
         raise IP2PError(

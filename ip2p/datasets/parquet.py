@@ -7,6 +7,12 @@
   ``dataset_info.json`` its features), or a ``DatasetDict`` folder (``dataset_dict.json`` and one
   such folder per split), or one ``.arrow`` file.
 
+MagicBrush's schema (columns ``img_id``, ``turn_index``, ``source_img``, ``mask_img``,
+``instruction``, ``target_img``) is recognised by its columns: each row is one turn of an image
+(input ``source_img``, edited ``target_img``, key ``{img_id}-{turn_index}``), its ``mask_img``
+is the example's ``mask`` extra as a greyscale image (white: the edit region, as the paper
+layout's ``{seed}_mask.png``), and the dataset's ``turns`` list each example's (img_id, turn_index).
+
 Image columns hold the ``datasets`` Image feature (a struct ``{bytes, path}``; ``path`` alone is
 read relative to the shard's folder when not absolute), raw binary, or a path string. Open time
 reads only the instruction column (empty ones are skipped); an example's row group is read when
@@ -20,7 +26,7 @@ import difflib
 import json
 import os
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,10 @@ from .rows import (
     decode_image,
 )
 
+# MagicBrush (Zhang et al. 2023, osunlp/MagicBrush): each row one turn of an image's edits, no captions.
+MAGICBRUSH_COLUMNS = ("img_id", "turn_index", "source_img", "mask_img", "instruction", "target_img")
+MAGICBRUSH_ROLES = {"input_image": "source_img", "edit_prompt": "instruction", "edited_image": "target_img"}
+_MAGICBRUSH_ONLY = ("img_id", "turn_index", "source_img", "mask_img", "target_img")  # names that say it is MagicBrush
 _CACHED_GROUPS = 2  # row groups kept decoded per process (sequential and shard-local reads hit it)
 _HUB_SHARD = re.compile(r"^(?P<split>.+?)-\d+-of-\d+")  # train-00000-of-00002(.suffix)
 
@@ -237,6 +247,32 @@ def _check_columns(pa, shard: _Shard, mapping: dict[str, str]) -> None:
         )
 
 
+def _is_magicbrush(shard: _Shard, mapping: dict[str, str]) -> bool:
+    """Whether ``shard`` holds MagicBrush's schema; one with part of it (and not our default columns) is refused
+    naming what it lacks. A column mapping always reads the file as plain pairs."""
+    present = set(shard.schema.names)
+    if mapping != DEFAULT_COLUMNS or set(DEFAULT_COLUMNS.values()) <= present or not present & set(_MAGICBRUSH_ONLY):
+        return False
+    missing = [c for c in MAGICBRUSH_COLUMNS if c not in present]
+    if missing:
+        raise IP2PError(
+            f"{shard.path} has part of MagicBrush's schema but lacks the column(s) {', '.join(missing)} "
+            f"(MagicBrush's are {', '.join(MAGICBRUSH_COLUMNS)}; its columns are {', '.join(shard.schema.names)}). "
+            f"Give complete MagicBrush shards, or map the columns (data.columns.input_image=NAME …) to read plain pairs."
+        )
+    return True
+
+
+def _turn_ids(pa, shard: _Shard) -> tuple[list[str], list[int]]:
+    """MagicBrush's img_id and turn_index columns of one shard (read at open time, no image decoded)."""
+    if not pa.types.is_integer(shard.schema.field("turn_index").type):
+        raise IP2PError(
+            f"Column 'turn_index' in {shard.path} holds {shard.schema.field('turn_index').type}, expected integers "
+            f"(MagicBrush's turn 1, 2, …)."
+        )
+    return [str(v) for v in shard.read_column("img_id").to_pylist()], shard.read_column("turn_index").to_pylist()
+
+
 # ---------------------------------------------------------------------------------------- dataset
 
 
@@ -251,12 +287,15 @@ class TabularDataset(EditDataset):
         mapping: dict[str, str],
         rows: np.ndarray,
         skipped: dict[str, int],
+        turn_ids: list[tuple[list[str], list[int]]] | None = None,
     ) -> None:
         super().__init__(root, skipped)
         self.layout = layout
         self.columns = dict(mapping)
         self._shards = shards
         self._rows = rows  # (N, 2) int64: shard index, row within the shard
+        if turn_ids is not None:  # MagicBrush: (img_id, turn_index) per shard row
+            self.turns = [(turn_ids[s][0][r], int(turn_ids[s][1][r])) for s, r in rows.tolist()]
         self._offsets = [np.cumsum([0, *s.group_rows]) for s in shards]
         self._cache: OrderedDict = OrderedDict()
 
@@ -267,6 +306,9 @@ class TabularDataset(EditDataset):
         return len(self._rows)
 
     def _key(self, index: int) -> str:
+        if self.turns is not None:
+            image, turn = self.turns[index]
+            return f"{image}-{turn}"
         shard, row = self._rows[index]
         return f"{self._shards[shard].name}:{int(row)}"
 
@@ -304,6 +346,8 @@ class TabularDataset(EditDataset):
             ):  # another Image feature, e.g. an edit mask: decoded, mode kept; raw binary stays bytes
                 value = decode_image(_image_source(value, shard, key), key, rgb=False)
             extra[name] = value
+        if self.turns is not None and (mask := extra.pop("mask_img", None)) is not None:
+            extra["mask"] = mask.convert("L")  # white: the edit region, as the paper layout's {seed}_mask.png
         return EditExample(input_image, values[self.columns["edit_prompt"]], edited_image, key, extra)
 
 
@@ -330,8 +374,19 @@ def _open_tabular(
     pa = _pyarrow()
     skips = SkipCounter()
     kept: list[np.ndarray] = []
-    for index, shard in enumerate(shards):
+    for shard in shards:
         shard.describe()
+    turn_ids = None
+    if _is_magicbrush(shards[0], mapping):
+        layout, mapping = "magicbrush", dict(MAGICBRUSH_ROLES)
+        other = next((shard for shard in shards if not _is_magicbrush(shard, DEFAULT_COLUMNS)), None)
+        if other is not None:
+            raise IP2PError(
+                f"{shards[0].path} holds MagicBrush's schema but {other.path} does not (its columns are "
+                f"{', '.join(other.schema.names)}). Give one dataset's shards only."
+            )
+        turn_ids = [_turn_ids(pa, shard) for shard in shards]
+    for index, shard in enumerate(shards):
         _check_columns(pa, shard, mapping)
         text = shard.read_column(mapping["edit_prompt"])
         usable = pa.compute.fill_null(
@@ -342,10 +397,18 @@ def _open_tabular(
         rows = np.flatnonzero(usable)
         kept.append(np.stack([np.full(len(rows), index), rows], axis=1).astype(np.int64))
     rows = np.concatenate(kept) if kept else np.zeros((0, 2), dtype=np.int64)
-    dataset = TabularDataset(root, layout, shards, mapping, rows, {})
+    dataset = TabularDataset(root, layout, shards, mapping, rows, {}, turn_ids)
     if verify_images:
         rows = _verified_rows(dataset, skips)
-        dataset = TabularDataset(root, layout, shards, mapping, rows, {})
+        dataset = TabularDataset(root, layout, shards, mapping, rows, {}, turn_ids)
+    if dataset.turns is not None:
+        twice = [turn for turn, count in Counter(dataset.turns).items() if count > 1]
+        if twice:
+            image, turn = twice[0]
+            raise IP2PError(
+                f"{root} holds turn {turn} of image {image!r} more than once ({len(twice)} such turn(s)): each "
+                f"(img_id, turn_index) must be one row. Remove the repeated rows."
+            )
     dataset.skipped = dict(skips.counts)
     skips.report(root, len(dataset), "rows")
     if not len(dataset):

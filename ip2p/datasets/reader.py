@@ -9,6 +9,9 @@ Layouts, detected from what is on disk:
 - **parquet** — Hugging Face parquet: one ``.parquet`` file or a folder of shards (``*.parquet``,
   ``data/train-*.parquet`` as the hub lays them out), columns ``input_image``, ``edit_prompt``,
   ``edited_image`` unless ``columns`` maps them (:mod:`.parquet`);
+- **magicbrush** — parquet (or arrow) with MagicBrush's columns ``img_id``, ``turn_index``,
+  ``source_img``, ``mask_img``, ``instruction``, ``target_img``, recognised by them: one example
+  per turn, keyed ``{img_id}-{turn_index}``, the turns in ``dataset.turns`` (:mod:`.parquet`);
 - **arrow** — a ``datasets`` ``save_to_disk`` folder (``dataset_info.json``, ``state.json``,
   ``*.arrow`` IPC streams), or a ``DatasetDict`` folder of splits (:mod:`.parquet`).
 
@@ -25,8 +28,8 @@ Bad rows, and when they are found:
   reaches the user as one line.
 
 Order is deterministic: paper pairs sorted by folder then seed, tabular rows by shard path then
-row. Keys are stable: ``"0000123/4567"`` (folder/seed) or ``"data/train-00000-of-00002:17"``
-(shard path without suffix, row within the shard).
+row. Keys are stable: ``"0000123/4567"`` (folder/seed), ``"data/train-00000-of-00002:17"``
+(shard path without suffix, row within the shard) or ``"27398-2"`` (MagicBrush's img_id-turn_index).
 """
 
 from __future__ import annotations

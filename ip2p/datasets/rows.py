@@ -37,7 +37,7 @@ DEFAULT_COLUMNS: dict[str, str] = {
 
 LAYOUTS_HELP = (
     "the paper's folder layout (NNNNNNN/prompt.json with {seed}_0/{seed}_1 images, optional seeds.json), "
-    "a .parquet file or a folder of .parquet shards, or a `datasets` save_to_disk folder "
+    "a .parquet file or a folder of .parquet shards (MagicBrush's schema too), or a `datasets` save_to_disk folder "
     "(dataset_info.json, state.json, *.arrow)"
 )
 
@@ -79,12 +79,15 @@ class SkipCounter:
 class EditDataset(Sequence):
     """A read-only sequence of :class:`EditExample`; images are decoded only when an item is read.
 
-    Attributes: ``path`` (what was opened), ``layout`` (``"paper"``, ``"parquet"`` or ``"arrow"``),
-    ``skipped`` (rows left out at open time, by reason). ``dataset[i]`` may raise
-    :class:`BadExampleError` for damage found only on decoding.
+    Attributes: ``path`` (what was opened), ``layout`` (``"paper"``, ``"parquet"``, ``"arrow"`` or
+    ``"magicbrush"``), ``skipped`` (rows left out at open time, by reason), ``turns`` (where the
+    examples are the turns of one image's edits, as MagicBrush's: each example's (image id, turn
+    index), else None). ``dataset[i]`` may raise :class:`BadExampleError` for damage found only on
+    decoding.
     """
 
     layout: str = ""
+    turns: list[tuple[str, int]] | None = None
 
     def __init__(self, path: Path, skipped: Mapping[str, int]) -> None:
         self.path = path

@@ -7,6 +7,11 @@ so a dataset can be judged before training on it. A metric whose inputs are miss
 DINO folder, no captions, no target) is reported as skipped with the reason, never as 0; an edit
 that fails (NaN) is counted as failed with the reason, and the run goes on.
 
+Multi-turn (a dataset whose examples are the turns of one image, MagicBrush's): with a model, an
+image's turns are edited in order, turn 1 from its source image and each later turn from the
+previous turn's edit, as MagicBrush's multi-turn setting (``reanchor``: every turn from its own
+source image, their single-turn setting); each turn is scored against its own target.
+
 The output folder (``OUT``):
 
 - ``eval.json``: what this evaluation is (model and scorer hashes, the dataset, the settings); a
@@ -15,16 +20,22 @@ The output folder (``OUT``):
   scored, so a rerun after kill -9 or Ctrl-C continues where it stopped and never scores an
   example twice (a line cut short is dropped and redone);
 - ``metrics.json``: per guidance pair, each metric's mean, 95 % bootstrap interval and count, the
-  failed edits and the skipped metrics with their reasons;
+  failed edits and the skipped metrics with their reasons; per edit family (the toy world), and per
+  turn and at each image's final turn (multi-turn data);
+- ``turns/``: a chain's edits, ``{img_id}-{turn}_t{text_cfg}_i{image_cfg}.png``, each written before
+  its turn's line, so a rerun continues a chain from the saved edit;
 - ``tradeoff.png`` (the paper's figure, the drawing of the trade-off node) and ``samples.png``
   (the first examples' inputs, edits and targets), from ``samples/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +59,7 @@ METRICS_FILE = "metrics.json"
 PLOT_FILE = "tradeoff.png"
 GRID_FILE = "samples.png"
 SAMPLES = "samples"
+TURNS = "turns"
 SAMPLE_EXAMPLES = 4  # examples shown in samples.png
 DEFAULT_IMAGE_CFG = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # the paper's sweep (figs. 8 and 10)
 
@@ -61,8 +73,9 @@ class EvalSettings:
     steps: int = 100
     seed: int = 0
     sampler: str = "euler_ancestral"
-    limit: int | None = None  # the first N examples only
+    limit: int | None = None  # the first N examples only (multi-turn data: image by image, turn by turn)
     batch: int = 1  # examples of one size per editor call
+    reanchor: bool = False  # multi-turn data: every turn edited from its own source image, not the previous edit
 
     def __post_init__(self) -> None:
         if not self.text_cfg or not self.image_cfg:
@@ -95,6 +108,8 @@ class _Example:
     output_caption: str | None
     mask: torch.Tensor | None = None  # H×W bool: the pixels the edit should change (the toy world knows them)
     family: str | None = None  # the toy world's edit family: metrics are reported per family too
+    source: torch.Tensor | None = None  # the dataset's input, where the edit starts from an earlier turn's edit
+    turn_file: str | None = None  # where this turn's edit is saved for the next turn (under turns/)
 
 
 def _mask(extra: dict) -> torch.Tensor | None:
@@ -123,24 +138,32 @@ def evaluate(
     """
     out = Path(out)
     scorers = scorers or Scorers()
+    order, labels = turn_order(dataset)
     claim_folder(out, record)
-    count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
-    if count == 0:
+    order = order[: settings.limit]
+    if not order:
         raise IP2PError("The dataset holds no examples to evaluate. Check --data (and --limit).")
     done = read_rows(out / PER_EXAMPLE)
     seen = {(row["text_cfg"], row["image_cfg"], row["key"]) for row in done}
     pairs = settings.pairs() if model is not None else [(None, None)]
+    chained = model is not None and bool(labels) and not settings.reanchor
+    rounds = _rounds(order, labels) if chained else [order]
     with open(out / PER_EXAMPLE, "a", encoding="utf-8") as sink:
         for text_cfg, image_cfg in pairs:
-            for chunk in _chunks(dataset, count, settings.batch):
-                todo = [e for e in chunk if (text_cfg, image_cfg, e.key) not in seen]
-                if todo:
-                    for row in _score_chunk(todo, model, scorers, settings, text_cfg, image_cfg, out):
-                        sink.write(json.dumps(row) + "\n")
-                        sink.flush()
-                        os.fsync(sink.fileno())  # a kill -9 after this line keeps it
-                if progress:
-                    progress(len(chunk))
+            for indices in rounds:
+                examples = (_load(dataset, i) for i in indices)
+                if chained:
+                    examples = (_chained(e, labels[e.index], out, text_cfg, image_cfg) for e in examples)
+                for chunk in _chunks(examples, settings.batch):
+                    todo = [e for e in chunk if (text_cfg, image_cfg, e.key) not in seen]
+                    if todo:
+                        for row in _score_chunk(todo, model, scorers, settings, text_cfg, image_cfg, out):
+                            row.update(labels.get(row["index"], {}))
+                            sink.write(json.dumps(row) + "\n")
+                            sink.flush()
+                            os.fsync(sink.fileno())  # a kill -9 after this line keeps it
+                    if progress:
+                        progress(len(chunk))
     rows = read_rows(out / PER_EXAMPLE)
     summary = summarize_rows(rows, record)
     with atomic_file(out / METRICS_FILE) as tmp:
@@ -199,7 +222,7 @@ def _pixels(image) -> torch.Tensor:
     return torch.from_numpy(to_rgb_array(image)).permute(2, 0, 1)[None]
 
 
-def _load(dataset: Sequence, index: int) -> _Example | str:
+def _load(dataset: Sequence, index: int) -> _Example | _Unreadable:
     """Example ``index`` as tensors, or the reason it cannot be read."""
     try:
         example = dataset[index]
@@ -217,19 +240,18 @@ def _load(dataset: Sequence, index: int) -> _Example | str:
             family=extra.get("family") if isinstance(extra.get("family"), str) else None,
         )
     except (IP2PError, OSError, ValueError) as exc:
-        return f"cannot be read: {exc}"
+        return _Unreadable(index, f"#{index}", f"cannot be read: {exc}")
 
 
-def _chunks(dataset: Sequence, count: int, batch: int):
+def _chunks(examples, batch: int):
     """Consecutive examples of one input size, at most ``batch`` at a time (unreadable ones alone)."""
     chunk: list = []
-    for index in range(count):
-        example = _load(dataset, index)
-        if isinstance(example, str):
+    for example in examples:
+        if isinstance(example, _Unreadable):
             if chunk:
                 yield chunk
                 chunk = []
-            yield [_Unreadable(index, f"#{index}", example)]
+            yield [example]
             continue
         if chunk and (len(chunk) >= batch or chunk[0].input.shape != example.input.shape):
             yield chunk
@@ -244,6 +266,72 @@ class _Unreadable:
     index: int
     key: str
     reason: str
+
+
+# ------------------------------------------------------------------------------------------ turns
+
+
+def turn_order(dataset: Sequence) -> tuple[list[int], dict[int, dict]]:
+    """The order examples are evaluated in, and each turn's labels (img_id, turn_index, final_turn) by index.
+
+    Plain data: the dataset's order, no labels. Multi-turn data (``dataset.turns``): image by image (in
+    order of first appearance), each image's turns 1, 2, … in order, so ``--limit`` keeps whole chains'
+    beginnings; an image whose turns do not run 1, 2, … is refused naming it.
+    """
+    turns = getattr(dataset, "turns", None)
+    if turns is None:
+        return list(range(len(dataset))), {}
+    by_image: dict[str, list[tuple[int, int]]] = {}
+    for index, (image, turn) in enumerate(turns):
+        by_image.setdefault(image, []).append((turn, index))
+    order, labels = [], {}
+    for image, members in by_image.items():
+        members.sort()
+        got = [turn for turn, _ in members]
+        if got != list(range(1, len(got) + 1)):
+            missing = sorted(set(range(1, max(got) + 1)) - set(got))
+            lacks = f"not turn {', '.join(map(str, missing))}" if missing else "some twice"
+            raise IP2PError(
+                f"Image {image!r} has turn(s) {', '.join(map(str, got))} but {lacks}: an image's turns run 1, 2, … "
+                f"once each (turn n is edited from turn n − 1's edit). Add the missing rows or leave the image out."
+            )
+        for turn, index in members:
+            order.append(index)
+            labels[index] = {"img_id": image, "turn_index": turn, "final_turn": turn == got[-1]}
+    return order, labels
+
+
+def _rounds(order: list[int], labels: dict[int, dict]) -> list[list[int]]:
+    """A chain's examples turn by turn: every image's turn n is edited before any turn n + 1."""
+    last = max(labels[i]["turn_index"] for i in order)
+    return [[i for i in order if labels[i]["turn_index"] == turn] for turn in range(1, last + 1)]
+
+
+def _turn_file(image: str, turn: int, text_cfg: float, image_cfg: float) -> str:
+    name = f"{image}-{turn}"
+    safe = re.sub(r"[^\w.-]", "_", name)
+    if safe != name:  # an id that is no file name: kept apart from one that reads the same once cleaned
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{safe}_t{text_cfg:g}_i{image_cfg:g}.png"
+
+
+def _chained(example, label: dict, out: Path, text_cfg: float, image_cfg: float):
+    """A chain's turn: turn 1 as it is, a later turn starting from the previous turn's saved edit."""
+    if isinstance(example, _Unreadable):
+        return example
+    image, turn = label["img_id"], label["turn_index"]
+    example = dataclasses.replace(example, turn_file=_turn_file(image, turn, text_cfg, image_cfg))
+    if turn == 1:
+        return example
+    previous = out / TURNS / _turn_file(image, turn - 1, text_cfg, image_cfg)
+    if not previous.is_file():
+        return _Unreadable(
+            example.index, example.key, f"turn {turn - 1} of image {image!r} has no edit (see its line) to start from"
+        )
+    from PIL import Image
+
+    with Image.open(previous) as saved:
+        return dataclasses.replace(example, input=_pixels(saved), source=example.input)
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -269,6 +357,9 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
         if position in failed:
             row["failed"] = failed[position]
         else:
+            if example.turn_file is not None:  # before its line: a rerun continues the chain from it
+                (out / TURNS).mkdir(exist_ok=True)
+                _save_png(out / TURNS / example.turn_file, edits[position][0])
             row.update(values[scored.index(position)])
             if example.index < SAMPLE_EXAMPLES:
                 _save_sample(out, example, edits[position], text_cfg, image_cfg)
@@ -324,7 +415,8 @@ def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[l
 
 def summarize_rows(rows: list[dict], record: dict) -> dict:
     """``metrics.json``: per guidance pair, each metric's mean, 95 % bootstrap interval and n; failures and
-    skipped metrics with their reasons."""
+    skipped metrics with their reasons; the same summaries per edit family and per turn and final turn
+    where the rows carry them."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["text_cfg"], row["image_cfg"]), []).append(row)
@@ -332,7 +424,6 @@ def summarize_rows(rows: list[dict], record: dict) -> dict:
     for (text_cfg, image_cfg), members in groups.items():
         failed = Counter(row["failed"] for row in members if "failed" in row)
         scored = [row for row in members if "failed" not in row]
-        values = {name: [row["metrics"][name] for row in scored if name in row["metrics"]] for name in m.ALL_METRICS}
         skipped = {}
         for name in m.ALL_METRICS:
             reasons = Counter(row["skipped"][name] for row in scored if name in row.get("skipped", {}))
@@ -343,24 +434,25 @@ def summarize_rows(rows: list[dict], record: dict) -> dict:
             "image_cfg": image_cfg,
             "examples": len(members),
             "failed": dict(failed),
-            "metrics": {name: m.summarize(v) for name, v in values.items() if v},
+            "metrics": _summaries(scored),
             "skipped": skipped,
         }
         families = sorted({row["family"] for row in scored if "family" in row})
         if families:
-            entry["per_family"] = {
-                family: {
-                    name: m.summarize(
-                        [r["metrics"][name] for r in scored if r.get("family") == family and name in r["metrics"]]
-                    )
-                    for name in m.ALL_METRICS
-                    if any(r.get("family") == family and name in r["metrics"] for r in scored)
-                }
-                for family in families
-            }
+            entry["per_family"] = {f: _summaries([r for r in scored if r.get("family") == f]) for f in families}
+        turns = sorted({row["turn_index"] for row in scored if "turn_index" in row})
+        if turns:
+            entry["per_turn"] = {str(t): _summaries([r for r in scored if r.get("turn_index") == t]) for t in turns}
+            entry["final_turn"] = _summaries([r for r in scored if r.get("final_turn")])
         pairs.append(entry)
     pairs.sort(key=lambda p: (p["text_cfg"] is None, p["text_cfg"] or 0, p["image_cfg"] or 0))
     return {"evaluation": record, "definitions": "docs/metrics.md", "pairs": pairs}
+
+
+def _summaries(rows: list[dict]) -> dict:
+    """Each metric's summary over ``rows`` (those it was computed on), in the order of :data:`ALL_METRICS`."""
+    values = {name: [row["metrics"][name] for row in rows if name in row["metrics"]] for name in m.ALL_METRICS}
+    return {name: m.summarize(v) for name, v in values.items() if v}
 
 
 # ------------------------------------------------------------------------------------- pictures
@@ -381,7 +473,8 @@ def _save_sample(out: Path, example: _Example, edit: torch.Tensor, text_cfg, ima
     folder = out / SAMPLES
     folder.mkdir(exist_ok=True)
     if not (folder / f"{example.index:04d}_input.png").is_file():
-        _save_png(folder / f"{example.index:04d}_input.png", example.input[0])
+        shown = example.source if example.source is not None else example.input
+        _save_png(folder / f"{example.index:04d}_input.png", shown[0])
         if example.target is not None:
             _save_png(folder / f"{example.index:04d}_target.png", example.target[0])
     _save_png(folder / _sample_name(example.index, text_cfg, image_cfg), edit[0])
