@@ -7,6 +7,9 @@ so a dataset can be judged before training on it. A metric whose inputs are miss
 DINO folder, no captions, no target) is reported as skipped with the reason, never as 0; an edit
 that fails (NaN) is counted as failed with the reason, and the run goes on.
 
+Toy-world examples (edit family and mask known) are also edited under a wrong instruction, another
+family's, in the same editor call: the baseline ``toy.wrong_instruction_to_truth``.
+
 Multi-turn (a dataset whose examples are the turns of one image, MagicBrush's): with a model, an
 image's turns are edited in order, turn 1 from its source image and each later turn from the
 previous turn's edit, as MagicBrush's multi-turn setting (``reanchor``: every turn from its own
@@ -110,6 +113,7 @@ class _Example:
     family: str | None = None  # the toy world's edit family: metrics are reported per family too
     source: torch.Tensor | None = None  # the dataset's input, where the edit starts from an earlier turn's edit
     turn_file: str | None = None  # where this turn's edit is saved for the next turn (under turns/)
+    wrong_instruction: str | None = None  # a toy example's baseline: another family's instruction, edited too
 
 
 def _mask(extra: dict) -> torch.Tensor | None:
@@ -147,11 +151,14 @@ def evaluate(
     seen = {(row["text_cfg"], row["image_cfg"], row["key"]) for row in done}
     pairs = settings.pairs() if model is not None else [(None, None)]
     chained = model is not None and bool(labels) and not settings.reanchor
+    wrong = _WrongInstructions(dataset, order)
     rounds = _rounds(order, labels) if chained else [order]
     with open(out / PER_EXAMPLE, "a", encoding="utf-8") as sink:
         for text_cfg, image_cfg in pairs:
             for indices in rounds:
                 examples = (_load(dataset, i) for i in indices)
+                if model is not None:
+                    examples = (wrong.given(e) for e in examples)
                 if chained:
                     examples = (_chained(e, labels[e.index], out, text_cfg, image_cfg) for e in examples)
                 for chunk in _chunks(examples, settings.batch):
@@ -268,6 +275,33 @@ class _Unreadable:
     reason: str
 
 
+class _WrongInstructions:
+    """Each toy example's wrong instruction: another family's, by :func:`.toy_scores.wrong_instructions` over
+    the evaluated examples in their order (so a rerun chooses the same). Read on the first example with a
+    family, so data without families pays nothing."""
+
+    def __init__(self, dataset: Sequence, order: list[int]) -> None:
+        self.dataset, self.order, self.chosen = dataset, order, None
+
+    def given(self, example):
+        if isinstance(example, _Unreadable) or example.family is None:
+            return example
+        if self.chosen is None:
+            from .toy_scores import wrong_instructions
+
+            texts, families = [], []
+            for index in self.order:
+                try:
+                    other = self.dataset[index]
+                except (IP2PError, OSError, ValueError):  # unreadable: lends no instruction
+                    other = None
+                family = other.extra.get("family") if other is not None else None
+                texts.append(other.instruction if other is not None else "")
+                families.append(family if isinstance(family, str) else None)
+            self.chosen = dict(zip(self.order, wrong_instructions(texts, families), strict=True))
+        return dataclasses.replace(example, wrong_instruction=self.chosen[example.index])
+
+
 # ------------------------------------------------------------------------------------------ turns
 
 
@@ -345,7 +379,7 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
     rows = []
     scored = [i for i in range(len(chunk)) if i not in failed]
     values = score_edits(
-        [_to_score(chunk[i], edits[i]) for i in scored],
+        [_to_score(chunk[i], *edits[i]) for i in scored],
         clip=scorers.clip,
         dino=scorers.dino,
         edit_is_target=model is None,
@@ -359,15 +393,15 @@ def _score_chunk(chunk, model, scorers: Scorers, settings: EvalSettings, text_cf
         else:
             if example.turn_file is not None:  # before its line: a rerun continues the chain from it
                 (out / TURNS).mkdir(exist_ok=True)
-                _save_png(out / TURNS / example.turn_file, edits[position][0])
+                _save_png(out / TURNS / example.turn_file, edits[position][0][0])
             row.update(values[scored.index(position)])
             if example.index < SAMPLE_EXAMPLES:
-                _save_sample(out, example, edits[position], text_cfg, image_cfg)
+                _save_sample(out, example, edits[position][0], text_cfg, image_cfg)
         rows.append(row)
     return rows
 
 
-def _to_score(example: _Example, edit: torch.Tensor) -> EditToScore:
+def _to_score(example: _Example, edit: torch.Tensor, wrong_edit: torch.Tensor | None) -> EditToScore:
     return EditToScore(
         input=example.input,
         edit=edit,
@@ -375,14 +409,16 @@ def _to_score(example: _Example, edit: torch.Tensor) -> EditToScore:
         input_caption=example.input_caption,
         output_caption=example.output_caption,
         mask=example.mask,
+        wrong_edit=wrong_edit,
     )
 
 
-def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[list[torch.Tensor], dict[int, str]]:
-    """Each example's edit (1×3×H×W): the model's, or without a model the dataset's own edited image."""
+def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[list[tuple], dict[int, str]]:
+    """Each example's (edit, edit under its wrong instruction or None), 1×3×H×W: the model's, or without a
+    model the dataset's own edited image; and the examples that failed, with the reason."""
     if model is None:
         missing = {i: "the example has no edited image to score" for i, e in enumerate(chunk) if e.target is None}
-        return [e.target for e in chunk], missing
+        return [(e.target, None) for e in chunk], missing
     from .editor import EditSettings, NonFiniteEditError, edit
 
     edit_settings = EditSettings(
@@ -393,12 +429,14 @@ def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[l
         sampler=settings.sampler,
         seed=settings.seed,
     )
-    images = torch.cat([e.input for e in chunk])
+    wrong = [i for i, e in enumerate(chunk) if e.wrong_instruction is not None]  # in the same call, same seed
+    images = torch.cat([e.input for e in chunk] + [chunk[i].input for i in wrong])
+    texts = [e.instruction for e in chunk] + [chunk[i].wrong_instruction for i in wrong]
     try:
-        edited = edit(model, images, edit_settings, instructions=[e.instruction for e in chunk], progress=False)
+        edited = list(edit(model, images, edit_settings, instructions=texts, progress=False).split(1))
     except NonFiniteEditError as exc:
         if len(chunk) == 1:
-            return [None], {0: f"the edit failed: {exc}"}
+            return [(None, None)], {0: f"the edit failed: {exc}"}
         # edit the others alone so one NaN costs one example
         results, failed = [], {}
         for position, example in enumerate(chunk):
@@ -407,7 +445,8 @@ def _edits(chunk, model, settings: EvalSettings, text_cfg, image_cfg) -> tuple[l
             if bad:
                 failed[position] = bad[0]
         return results, failed
-    return [edited[i : i + 1] for i in range(len(chunk))], {}
+    wrong_edits = dict(zip(wrong, edited[len(chunk) :], strict=True))
+    return [(edited[i], wrong_edits.get(i)) for i in range(len(chunk))], {}
 
 
 # --------------------------------------------------------------------------------------- summary

@@ -2,8 +2,9 @@
 
 Each held-out toy example comes with its true edited image and its edit mask (exactly the pixels
 the instruction changes). A model edits the input twice: once with the example's instruction and
-once with a *wrong* one (another example's instruction). Distances are mean absolute RGB
-differences in [0, 1], averaged over an example's pixels, then over the examples:
+once with a *wrong* one (another family's, :func:`wrong_instructions`). Distances are mean absolute
+RGB differences in [0, 1], averaged over an example's pixels, then over the examples; they are the
+toy metrics of :func:`ip2p.quality.scoring.score_edits` (``ip2p eval``'s), under the demo's names:
 
 - ``inside.result_to_truth``: inside the mask, the edit against the true edit;
 - ``inside.input_to_truth``: the baseline of changing nothing (the input against the truth);
@@ -24,9 +25,17 @@ import numpy as np
 import torch
 
 from ..datasets.toy import ToyExample, render_example
+from ..errors import IP2PError
 from ..images import to_rgb_array, to_uint8
-from ..quality.metrics import masked_distance
+from ..quality.scoring import EditToScore, score_edits
 from .components import EditModel
+
+DEMO_NAMES = {  # the demo's name of each toy metric (docs/metrics.md)
+    "inside.result_to_truth": "toy.inside_to_truth",
+    "inside.input_to_truth": "toy.input_to_truth",
+    "inside.wrong_instruction_to_truth": "toy.wrong_instruction_to_truth",
+    "outside.result_to_input": "toy.outside_change",
+}
 
 
 @dataclass
@@ -40,37 +49,33 @@ class ToyEdit:
     distances: dict[str, float] = field(default_factory=dict)
 
 
-def wrong_instructions(examples: Sequence[ToyExample]) -> list[str]:
-    """For each example, the instruction of the next example that reads differently (cyclically)."""
-    out = []
-    for i, example in enumerate(examples):
-        for shift in range(1, len(examples)):
-            other = examples[(i + shift) % len(examples)].instruction
-            if other != example.instruction:
-                out.append(other)
-                break
-        else:
-            raise ValueError("wrong_instructions needs at least two different instructions")
+def wrong_instructions(instructions: Sequence[str], families: Sequence[str | None]) -> list[str | None]:
+    """For each example, the instruction of the next example (cyclically) of another edit family: a wrong
+    instruction for the baseline of ignoring the instruction's meaning. None where there is no other family
+    (or the example has none)."""
+    out: list[str | None] = []
+    for i, family in enumerate(families):
+        others = (j % len(families) for j in range(i + 1, i + len(families)))
+        out.append(next((instructions[j] for j in others if family and families[j] not in (None, family)), None))
     return out
 
 
-def _mean_distance(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    """:func:`ip2p.quality.metrics.masked_distance` of two H×W×3 arrays."""
-    return masked_distance(
-        *(torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1) for x in (a, b)), torch.from_numpy(where)
-    )
+def _tensor(rgb: np.ndarray) -> torch.Tensor:
+    """An H×W×3 array in [0, 1] as a 1×3×H×W tensor."""
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
 
 
 def example_distances(example: ToyExample, result: np.ndarray, wrong_result: np.ndarray) -> dict[str, float]:
-    source, truth = to_rgb_array(example.input_image), to_rgb_array(example.edited_image)
-    edited, wrong = result.astype(np.float32) / 255.0, wrong_result.astype(np.float32) / 255.0
-    inside = example.mask
-    return {
-        "inside.result_to_truth": _mean_distance(edited, truth, inside),
-        "inside.input_to_truth": _mean_distance(source, truth, inside),
-        "inside.wrong_instruction_to_truth": _mean_distance(wrong, truth, inside),
-        "outside.result_to_input": _mean_distance(edited, source, ~inside),
-    }
+    """The example's four distances (:data:`DEMO_NAMES`), as ``ip2p eval`` scores them."""
+    item = EditToScore(
+        input=_tensor(to_rgb_array(example.input_image)),
+        edit=_tensor(result / 255.0),
+        target=_tensor(to_rgb_array(example.edited_image)),
+        mask=torch.from_numpy(example.mask),
+        wrong_edit=_tensor(wrong_result / 255.0),
+    )
+    (row,) = score_edits([item])
+    return {name: row["metrics"][metric] for name, metric in DEMO_NAMES.items()}
 
 
 def summarize(edits: Sequence[ToyEdit]) -> dict:
@@ -110,7 +115,12 @@ def score_toy_model(model: EditModel, seeds: Sequence[int], settings, size: int 
     """Edit the toy examples of ``seeds`` with ``settings`` (an :class:`~.editor.EditSettings`; its
     instruction is replaced per example) and score them; returns the summary and the scored edits."""
     examples = [render_example(int(s), size) for s in seeds]
-    wrong = wrong_instructions(examples)
+    wrong = wrong_instructions([e.instruction for e in examples], [e.family for e in examples])
+    if None in wrong:
+        raise IP2PError(
+            f"The {len(examples)} held-out examples are all of the edit family {examples[0].family!r}: the "
+            f"wrong-instruction baseline needs another family's instruction. Score more examples."
+        )
     results = edit_examples(model, examples, [e.instruction for e in examples], settings)
     wrong_results = edit_examples(model, examples, wrong, settings)
     edits = [

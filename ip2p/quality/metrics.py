@@ -14,9 +14,10 @@ MagicBrush (Zhang et al. 2023, evaluation/image_eval.py; need the target t):
     clip_i = cos(CLIP(e), CLIP(t))
     dino   = cos(DINO(e), DINO(t))  (the ViT's class token)
     clip_t = cos(CLIP(e), c_1)   the edit against the target's caption: the same number as sim_1
-The toy world (the edit mask M is known exactly):
-    toy.inside_to_truth = mean over M of |e − t|, toy.input_to_truth = mean over M of |x − t| (the baseline),
-    toy.hit_rate = share of M where |e − t| < |e − x|, toy.outside_change = mean outside M of |e − x|
+The toy world (the edit mask M is known exactly; w is the same model's edit of x under a wrong instruction):
+    toy.inside_to_truth = mean over M of |e − t|, toy.input_to_truth = mean over M of |x − t| (the baseline of
+    changing nothing), toy.wrong_instruction_to_truth = mean over M of |w − t| (the baseline of ignoring the
+    instruction), toy.hit_rate = share of M where |e − t| < |e − x|, toy.outside_change = mean outside M of |e − x|
 
 Everything here is plain torch on tensors; a metric whose inputs are missing is not computed here
 but reported as skipped by the caller, never as 0.
@@ -36,14 +37,22 @@ from ..errors import IP2PError
 PAPER_METRICS = ("sim_0", "sim_1", "directional", "image")
 TARGET_METRICS = ("l1", "l2", "clip_i", "dino", "clip_t")
 # The toy world's, where the edit mask is known (docs/metrics.md): inside the mask the edit against the truth
-# and the unchanged input's baseline, the hit rate; outside it the change from the input.
-TOY_METRICS = ("toy.inside_to_truth", "toy.input_to_truth", "toy.hit_rate", "toy.outside_change")
+# and its two baselines (the unchanged input, the edit under a wrong instruction), the hit rate; outside it the
+# change from the input.
+TOY_METRICS = (
+    "toy.inside_to_truth",
+    "toy.input_to_truth",
+    "toy.wrong_instruction_to_truth",
+    "toy.hit_rate",
+    "toy.outside_change",
+)
 ALL_METRICS = PAPER_METRICS + TARGET_METRICS + TOY_METRICS
 HIGHER_IS_BETTER = {  # every other metric: higher is better
     "l1": False,
     "l2": False,
     "toy.inside_to_truth": False,
     "toy.input_to_truth": False,
+    "toy.wrong_instruction_to_truth": False,
     "toy.outside_change": False,
 }
 

@@ -24,6 +24,7 @@ NO_TARGET = "the example has no target (edited) image"
 NO_INPUT_CAPTION = "the example has no input caption"
 NO_OUTPUT_CAPTION = "the example has no output (target) caption"
 NO_MASK = "the example has no edit mask (the toy world's)"
+NO_WRONG_EDIT = "no edit under a wrong instruction (made for toy-world examples, whose edit family is known)"
 UNMATCHED_SIZES = "the input, target and mask are not of one size"
 
 CLIP_METRICS = ("sim_0", "sim_1", "directional", "image", "clip_i", "clip_t")
@@ -40,6 +41,7 @@ class EditToScore:
     input_caption: str | None = None
     output_caption: str | None = None
     mask: torch.Tensor | None = None  # H×W bool: the pixels the edit should change (the toy world knows them)
+    wrong_edit: torch.Tensor | None = None  # 1×3×H×W: the same model's edit under a wrong instruction (a baseline)
 
 
 def score_edits(items: Sequence[EditToScore], *, clip=None, dino=None, edit_is_target: bool = False) -> list[dict]:
@@ -112,6 +114,7 @@ def _skips(item: EditToScore, clip, dino, edit_is_target: bool) -> dict[str, str
     skip(m.TOY_METRICS, NO_MASK, item.mask is None)
     skip(m.TOY_METRICS, NO_TARGET, item.target is None)
     skip(m.TOY_METRICS, NO_MODEL, edit_is_target)
+    skip(("toy.wrong_instruction_to_truth",), NO_WRONG_EDIT, item.wrong_edit is None)
     return skipped
 
 
@@ -119,17 +122,21 @@ def _toy(item: EditToScore, row: dict) -> None:
     """The toy world's metrics inside and outside the edit mask (the input, target and mask of one size)."""
     edit, truth, source = m.matched_to(item.edit, item.target)[0], item.target[0], item.input[0]
     if source.shape != truth.shape or tuple(item.mask.shape) != tuple(truth.shape[-2:]):
-        row["skipped"].update(dict.fromkeys(m.TOY_METRICS, UNMATCHED_SIZES))
+        for name in m.TOY_METRICS:
+            row["skipped"].setdefault(name, UNMATCHED_SIZES)
         return
     inside = item.mask
-    row["metrics"].update(
-        {
-            "toy.inside_to_truth": m.masked_distance(edit, truth, inside),
-            "toy.input_to_truth": m.masked_distance(source, truth, inside),
-            "toy.hit_rate": m.hit_rate(edit, source, truth, inside),
-            "toy.outside_change": m.masked_distance(edit, source, ~inside),
-        }
-    )
+    values = {
+        "toy.inside_to_truth": m.masked_distance(edit, truth, inside),
+        "toy.input_to_truth": m.masked_distance(source, truth, inside),
+        "toy.hit_rate": m.hit_rate(edit, source, truth, inside),
+        "toy.outside_change": m.masked_distance(edit, source, ~inside),
+    }
+    if item.wrong_edit is not None:
+        values["toy.wrong_instruction_to_truth"] = m.masked_distance(
+            m.matched_to(item.wrong_edit, item.target)[0], truth, inside
+        )
+    row["metrics"].update(values)
 
 
 def _embed(scorer, images: list[torch.Tensor]) -> torch.Tensor:

@@ -27,7 +27,7 @@ def image(seed: int, height: int = 16, width: int = 16) -> torch.Tensor:
 
 
 def full(seed: int = 0, **changes) -> EditToScore:
-    """An item that lacks nothing: target, both captions and an edit mask."""
+    """An item that lacks nothing: target, both captions, an edit mask and an edit under a wrong instruction."""
     fields = dict(
         input=image(seed),
         edit=image(seed + 1),
@@ -35,6 +35,7 @@ def full(seed: int = 0, **changes) -> EditToScore:
         input_caption="a red square",
         output_caption="a blue square",
         mask=torch.zeros(16, 16, dtype=torch.bool).index_fill_(0, torch.arange(4, 12), True),
+        wrong_edit=image(seed + 3),
     )
     return EditToScore(**{**fields, **changes})
 
@@ -76,9 +77,18 @@ def test_clip_t_is_sim_1_the_edit_against_the_target_caption():
         (full(input_caption=None), {"clip": MeanColour()}, {"sim_0": scoring.NO_INPUT_CAPTION}),
         (full(output_caption=None), {"clip": MeanColour()}, {"clip_t": scoring.NO_OUTPUT_CAPTION}),
         (full(mask=None), {}, dict.fromkeys(TOY_METRICS, scoring.NO_MASK)),
+        (full(wrong_edit=None), {}, {"toy.wrong_instruction_to_truth": scoring.NO_WRONG_EDIT}),
         (full(mask=torch.ones(8, 8, dtype=torch.bool)), {}, dict.fromkeys(TOY_METRICS, scoring.UNMATCHED_SIZES)),
     ],
-    ids=["no scorers", "no target", "no input caption", "no output caption", "no mask", "mask of another size"],
+    ids=[
+        "no scorers",
+        "no target",
+        "no input caption",
+        "no output caption",
+        "no mask",
+        "no wrong-instruction edit",
+        "mask of another size",
+    ],
 )
 def test_a_metric_whose_inputs_are_missing_is_skipped_with_the_reason(item, scorers, expected):
     (row,) = score_edits([item], **scorers)
@@ -96,6 +106,14 @@ def test_an_edit_of_another_size_is_brought_to_the_targets():
     target = torch.full((1, 3, 16, 16), 0.25)
     (row,) = score_edits([full(edit=torch.full((1, 3, 32, 32), 0.25), target=target)])
     assert row["metrics"]["l1"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_wrong_instruction_baseline_is_its_edits_distance_to_the_truth_inside_the_mask():
+    item = full()
+    (row,) = score_edits([item])
+    inside = item.mask
+    expected = (item.wrong_edit[0] - item.target[0]).abs().mean(dim=0)[inside].mean()
+    assert row["metrics"]["toy.wrong_instruction_to_truth"] == pytest.approx(float(expected))
 
 
 def test_the_order_is_kept_and_each_item_scores_as_it_would_alone_whatever_the_sizes():

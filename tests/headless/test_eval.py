@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,18 +151,50 @@ def test_the_dino_embedding_is_the_class_token_of_224_px_crops(scorers):
     assert dino.embed_images(images).shape == (2, 32)
 
 
-def test_toy_data_gets_the_toy_metrics_per_edit_family(tiny_single_file, tmp_path):
+@pytest.fixture(scope="module")
+def toy_eval(tiny_single_file, tmp_path_factory):
+    """Three toy examples of three families evaluated with the model: the folder, the dataset, and each editor
+    call's instructions and edits."""
+    from ip2p.datasets.reader import open_dataset
     from ip2p.datasets.toy import write_toy_dataset
+    from ip2p.headless import editor
 
-    data = tmp_path / "toy"
-    write_toy_dataset(data, count=3, seed=2)
-    assert (
-        main([str(a) for a in _eval(tmp_path, data, "--model", tiny_single_file, *QUICK[:-3], "--limit", 3, "-q")]) == 0
-    )
-    (pair,) = _metrics(tmp_path)["pairs"]
-    assert {"toy.inside_to_truth", "toy.input_to_truth", "toy.hit_rate", "toy.outside_change"} <= set(pair["metrics"])
-    families = [
-        json.loads(line)["family"] for line in (tmp_path / "eval" / "per_example.jsonl").read_text().splitlines()
-    ]
+    root = tmp_path_factory.mktemp("toy-eval")
+    write_toy_dataset(root / "toy", count=3, seed=2)
+    calls, real = [], editor.edit
+
+    def spy(model, images, settings, *, instructions, **kwargs):
+        edited = real(model, images, settings, instructions=instructions, **kwargs)
+        calls.append((list(instructions), edited))
+        return edited
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(editor, "edit", spy)
+        argv = _eval(root, root / "toy", "--model", tiny_single_file, *QUICK[:-3], "--limit", 3, "-q")
+        assert main([str(a) for a in argv]) == 0
+    return root / "eval", open_dataset(root / "toy"), calls
+
+
+def test_toy_data_gets_the_toy_metrics_per_edit_family(toy_eval):
+    out, _, _ = toy_eval
+    (pair,) = json.loads((out / "metrics.json").read_text())["pairs"]
+    assert set(TOY_METRICS) <= set(pair["metrics"])
+    families = [json.loads(line)["family"] for line in (out / "per_example.jsonl").read_text().splitlines()]
     assert set(pair["per_family"]) == set(families)
     assert sum(f["toy.hit_rate"]["n"] for f in pair["per_family"].values()) == 3
+
+
+def test_each_toy_example_is_also_edited_under_another_familys_instruction_as_a_baseline(toy_eval):
+    from ip2p.quality.metrics import masked_distance
+
+    out, dataset, calls = toy_eval
+    examples = {e.instruction: e for e in dataset}
+    rows = {r["key"]: r for r in (json.loads(line) for line in (out / "per_example.jsonl").read_text().splitlines())}
+    for (right, wrong), edited in calls:  # one call per example: its instruction and the wrong one, same seed
+        example, lender = examples[right], examples[wrong]
+        assert lender.extra["family"] != example.extra["family"]
+        truth = torch.from_numpy(np.asarray(example.edited_image, dtype=np.float32) / 255).permute(2, 0, 1)
+        mask = torch.from_numpy(np.asarray(example.extra["mask"]) > 127)
+        expected = masked_distance(edited[1], truth, mask)
+        assert rows[example.key]["metrics"]["toy.wrong_instruction_to_truth"] == pytest.approx(expected, abs=1e-6)
+    assert len(calls) == 3

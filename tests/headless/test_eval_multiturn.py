@@ -24,6 +24,7 @@ from ip2p.datasets.reader import open_dataset
 from ip2p.headless import editor
 from ip2p.headless import evaluate as engine
 from ip2p.headless.random_model import save_random_clip
+from ip2p.quality.scoring import NO_WRONG_EDIT
 
 SIZE = 32
 TURNS = {"100": 3, "200": 2}
@@ -160,6 +161,7 @@ def test_every_turn_is_scored_against_its_target_per_turn_and_at_each_images_fin
     assert sorted(r["key"] for r in finals) == ["100-3", "200-2"]
     assert pair["final_turn"]["l1"]["mean"] == pytest.approx(np.mean([r["metrics"]["l1"] for r in finals]))
     assert json.loads((out / "eval.json").read_text())["reanchor"] is False
+    assert pair["skipped"]["toy.wrong_instruction_to_truth"] == {NO_WRONG_EDIT: 5}  # MagicBrush has no families
 
 
 def test_with_reanchor_every_turn_is_edited_from_its_own_source_image(magicbrush, tiny_single_file, tmp_path):
