@@ -5,9 +5,12 @@ users' workflows: never rename one.
 """
 
 from . import host
+from .auto_guidance import IP2PAutoGuidance
 from .clip import CLIP_FOLDER, IP2PCLIPFilter, IP2PCLIPLoader
 from .conditioning import IP2PConditioning
 from .dataset import IP2PDatasetWriter
+from .dino import DINO_FOLDER, IP2PDINOLoader
+from .evaluate import IP2PEvaluate
 from .guider import IP2PDualCFGGuider
 from .loaders import IP2PCheckpointLoader, IP2PDiffusersLoader
 from .pairs import IP2PPairGenerator, IP2PPromptSource
@@ -28,9 +31,13 @@ NODES = (
     IP2PCLIPFilter,
     IP2PDatasetWriter,
     IP2PTradeoffPlot,
+    IP2PAutoGuidance,
+    IP2PDINOLoader,
+    IP2PEvaluate,
 )
 
 host.register_model_folder(CLIP_FOLDER)
+host.register_model_folder(DINO_FOLDER)
 
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in NODES}

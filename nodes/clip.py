@@ -24,7 +24,7 @@ from .inputs import CATEGORY
 from .pairs import PAIRS
 
 CLIP_FOLDER = "ip2p_clip"
-CLIP_MARKER = "config.json"  # the file that makes a folder a model folder
+MODEL_MARKER = "config.json"  # the file that makes a folder a model folder (CLIP and DINO alike)
 SCORER = "IP2P_CLIP"
 BY_PATH = "(use path)"
 PREVIEW_LABEL_WIDTH = 150
@@ -39,10 +39,10 @@ class _Holder(torch.nn.Module):
         self.clip = model
 
 
-class ManagedScorer:
-    """A :class:`ClipScorer` whose model ComfyUI's model management loads and unloads like its own models."""
+class ManagedModel:
+    """A core scorer (CLIP, DINO) whose ``model`` ComfyUI's model management loads and unloads like its own models."""
 
-    def __init__(self, scorer: ClipScorer, source: str) -> None:
+    def __init__(self, scorer, source: str) -> None:
         self.scorer, self.source = scorer, source
         size = sum(p.numel() * p.element_size() for p in scorer.model.parameters())
         self.patcher = comfy.model_patcher.ModelPatcher(
@@ -52,10 +52,35 @@ class ManagedScorer:
             size=size,
         )
 
+    def loaded(self):
+        """The core scorer, its model moved where ComfyUI chose after freeing memory for it: hand this to the core."""
+        comfy.model_management.load_models_gpu([self.patcher])
+        return self.scorer
+
+
+class ManagedScorer(ManagedModel):
+    """A managed :class:`ClipScorer`: what the CLIP Scorer Loader gives."""
+
     def score(self, images0: torch.Tensor, images1: torch.Tensor, captions0: list[str], captions1: list[str]):
         """The four similarities of BHWC image pairs; ComfyUI frees memory for the model first."""
-        comfy.model_management.load_models_gpu([self.patcher])
-        return self.scorer.score(images0.movedim(-1, 1), images1.movedim(-1, 1), captions0, captions1)
+        return self.loaded().score(images0.movedim(-1, 1), images1.movedim(-1, 1), captions0, captions1)
+
+
+def chosen_folder(folder: str, choice: str, path: str, what: str) -> str:
+    """The model folder a loader's list entry (``choice``) or typed ``path`` names; neither: where to put one."""
+    if choice != BY_PATH:
+        return host.model_folder_path(folder, choice, MODEL_MARKER)
+    if not path.strip():
+        raise IP2PError(
+            f"No {what} model chosen: put a {what} folder in models/{folder} and pick it, or type its path."
+        )
+    return os.path.expanduser(path.strip())
+
+
+def scorer_dtype() -> torch.dtype:
+    """float16 where ComfyUI would run its own models in it, else float32."""
+    device = comfy.model_management.get_torch_device()
+    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
 
 
 class IP2PCLIPLoader:
@@ -75,25 +100,16 @@ class IP2PCLIPLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clip_model": ([BY_PATH, *host.model_folders(CLIP_FOLDER, CLIP_MARKER)], {"tooltip": f"A folder in models/{CLIP_FOLDER}."}),
+                "clip_model": ([BY_PATH, *host.model_folders(CLIP_FOLDER, MODEL_MARKER)], {"tooltip": f"A folder in models/{CLIP_FOLDER}."}),
                 "path": ("STRING", {"default": "", "tooltip": f"A CLIP folder anywhere; used when clip_model is {BY_PATH}."}),
             }
         }  # fmt: skip
 
     @classmethod
     def execute(cls, clip_model, path):
-        if clip_model == BY_PATH:
-            if not path.strip():
-                raise IP2PError(
-                    f"No CLIP model chosen: put a CLIP folder in models/{CLIP_FOLDER} and pick it, or type its path."
-                )
-            folder = os.path.expanduser(path.strip())
-        else:
-            folder = host.model_folder_path(CLIP_FOLDER, clip_model, CLIP_MARKER)
-        device = comfy.model_management.get_torch_device()
-        dtype = torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
-        scorer = ClipScorer.from_folder(folder, device=comfy.model_management.unet_offload_device(), dtype=dtype)
-        return (ManagedScorer(scorer, folder),)
+        folder = chosen_folder(CLIP_FOLDER, clip_model, path, "CLIP")
+        device = comfy.model_management.unet_offload_device()
+        return (ManagedScorer(ClipScorer.from_folder(folder, device=device, dtype=scorer_dtype()), folder),)
 
 
 def typed_pairs(count: int, input_caption: str, instruction: str, edited_caption: str) -> list[GeneratedPair]:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..ip2p import plot
+from ..ip2p.guidance import Guidance
 from . import host
 from .clip import SCORER, typed_pairs
 from .conditioning import image_latent, image_to_working_size, resolve_conditioning
@@ -57,30 +58,16 @@ class IP2PTradeoffPlot:
     def execute(cls, model, vae, image, clip_scorer, instruction, input_caption, edited_caption, seed, steps,
                 text_cfg_values, image_cfg_values, sampler_name, scheduler, resize, max_side, clip=None, positive=None,
                 negative_conditioning=None):  # fmt: skip
-        host.require_ip2p_model(model)
-        typed_pairs(1, input_caption, instruction, edited_caption)  # the captions, checked as the filter checks them
         _, _, cells = sweep_cells(text_cfg_values, image_cfg_values)
-        working = image_to_working_size(image, resize, max_side)[..., :3]
-        latent = image_latent(vae, image, resize, max_side)
-        positive, negative_cond = resolve_conditioning(clip, instruction, "", positive, negative_conditioning)
-        batch = image.shape[0]
-        captions0, captions1 = [input_caption] * batch, [edited_caption] * batch
         points, edits = [], []
-        for guidance, edited in edit_each(
-            model, vae, latent, positive, negative_cond, cells, seed=seed, steps=steps, sampler_name=sampler_name,
-            scheduler=scheduler,
+        for point, edited in scored_sweep(
+            model, vae, image, clip_scorer, instruction, input_caption, edited_caption, cells, seed=seed, steps=steps,
+            sampler_name=sampler_name, scheduler=scheduler, resize=resize, max_side=max_side, clip=clip,
+            positive=positive, negative_conditioning=negative_conditioning,
         ):  # fmt: skip
-            scores = clip_scorer.score(working, edited, captions0, captions1)
-            points.append(
-                plot.TradeoffPoint(
-                    image_cfg=guidance.image_cfg,
-                    text_cfg=guidance.text_cfg,
-                    directional=float(scores.sim_dir.mean()),
-                    image_similarity=float(scores.sim_image.mean()),
-                )
-            )
+            points.append(point)
             edits.append(edited)
-        figure = plot.tradeoff_plot(points, title=f"{instruction.strip()} ({batch} image(s), seed {seed})")
+        figure = plot.tradeoff_plot(points, title=f"{instruction.strip()} ({image.shape[0]} image(s), seed {seed})")
         pixels = torch.from_numpy(np.asarray(figure, dtype=np.float32) / 255.0).unsqueeze(0)
         lines = [
             f"text_cfg {p.text_cfg:g}, image_cfg {p.image_cfg:g}: directional {p.directional:.4f}, "
@@ -88,3 +75,27 @@ class IP2PTradeoffPlot:
             for p in points
         ]
         return pixels, torch.cat(edits), "\n".join(lines)
+
+
+def scored_sweep(model, vae, image, clip_scorer, instruction, input_caption, edited_caption, cells: list[Guidance], *,
+                 seed, steps, sampler_name, scheduler, resize, max_side, clip, positive, negative_conditioning):  # fmt: skip
+    """(TradeoffPoint, BHWC edits) for each cell in turn: the batch edited at the cell's scales, each edit scored
+    against its input (at the working size) with CLIP, the point holding the means over the batch."""
+    host.require_ip2p_model(model)
+    typed_pairs(1, input_caption, instruction, edited_caption)  # the captions, checked as the filter checks them
+    working = image_to_working_size(image, resize, max_side)[..., :3]
+    latent = image_latent(vae, image, resize, max_side)
+    positive, negative_cond = resolve_conditioning(clip, instruction, "", positive, negative_conditioning)
+    captions0, captions1 = [input_caption] * image.shape[0], [edited_caption] * image.shape[0]
+    for guidance, edited in edit_each(
+        model, vae, latent, positive, negative_cond, cells, seed=seed, steps=steps, sampler_name=sampler_name,
+        scheduler=scheduler,
+    ):  # fmt: skip
+        scores = clip_scorer.score(working, edited, captions0, captions1)
+        point = plot.TradeoffPoint(
+            image_cfg=guidance.image_cfg,
+            text_cfg=guidance.text_cfg,
+            directional=float(scores.sim_dir.mean()),
+            image_similarity=float(scores.sim_image.mean()),
+        )
+        yield point, edited
