@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from ..ip2p import grid
+from ..ip2p import grid, sizing
 from ..ip2p.errors import IP2PError
 from ..ip2p.quality import scoring
-from ..ip2p.quality.metrics import PAPER_METRICS, TARGET_METRICS, matched_to
+from ..ip2p.quality.metrics import PAPER_METRICS, TARGET_METRICS
 from .clip import SCORER
 from .dino import DINO
 from .inputs import CATEGORY
@@ -39,6 +39,7 @@ class IP2PEvaluate:
     )
     CATEGORY = f"{CATEGORY}/quality"
     FUNCTION = "execute"
+    OUTPUT_NODE = True  # the table is shown on the node (and kept in the history) with nothing connected
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("metrics", "sheet")
     OUTPUT_TOOLTIPS = (
@@ -66,13 +67,15 @@ class IP2PEvaluate:
     @classmethod
     def execute(cls, clip_scorer, input_images, edited_images, input_caption, edited_caption, instruction,
                 target_images=None, dino_scorer=None):  # fmt: skip
-        count = edited_images.shape[0]
-        inputs = _per_edit(input_images, count, "input_images")
+        edits = _channels_first(edited_images)
+        count, size = edits.shape[0], (edits.shape[-1], edits.shape[-2])
+        # The input as the edit frames it (the paper policy's crop, a plain resize for keep): what was edited.
+        inputs = sizing.fit_crop(_per_edit(input_images, count, "input_images"), size)
         targets = None if target_images is None else _per_edit(target_images, count, "target_images")
         items = [
             scoring.EditToScore(
                 input=inputs[i : i + 1],
-                edit=_channels_first(edited_images[i : i + 1]),
+                edit=edits[i : i + 1],
                 target=None if targets is None else targets[i : i + 1],
                 input_caption=input_caption.strip() or None,
                 output_caption=edited_caption.strip() or None,
@@ -82,8 +85,9 @@ class IP2PEvaluate:
         rows = scoring.score_edits(
             items, clip=clip_scorer.loaded(), dino=None if dino_scorer is None else dino_scorer.loaded()
         )
-        sheet = evaluation_sheet(inputs, _channels_first(edited_images), targets, rows)
-        return metrics_table(rows, instruction), sheet.unsqueeze(0)
+        sheet = evaluation_sheet(inputs, edits, targets, rows)
+        table = metrics_table(rows, instruction)
+        return {"ui": {"text": [table]}, "result": (table, sheet.unsqueeze(0))}
 
 
 def _channels_first(images: torch.Tensor) -> torch.Tensor:
@@ -142,8 +146,9 @@ def evaluation_sheet(
 ) -> torch.Tensor:
     """One H×W×3 sheet: a row per edit (input | edit | target, each at the edit's size, enlarged by a whole factor
     to at least :data:`SHEET_MIN_HEIGHT` px), its metrics on the left."""
-    columns = [matched_to(inputs, edits), edits.float()] + ([] if targets is None else [matched_to(targets, edits)])
-    cells = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: edit by edit
+    size = (edits.shape[-1], edits.shape[-2])
+    columns = [inputs, edits] + ([] if targets is None else [sizing.fit_crop(targets, size)])
+    cells = torch.stack([c.float() for c in columns], dim=1).flatten(0, 1)  # row-major: edit by edit
     factor = math.ceil(SHEET_MIN_HEIGHT / cells.shape[-2])
     if factor > 1:
         cells = torch.nn.functional.interpolate(cells, scale_factor=factor, mode="nearest")

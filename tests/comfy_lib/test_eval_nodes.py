@@ -43,7 +43,10 @@ def dino_scorer(pack, tmp_path_factory):
 
 
 def _evaluate(clip_scorer, inputs, edits, captions=CAPTIONS, instruction="make it red", **optional):
-    return _module("evaluate").IP2PEvaluate.execute(clip_scorer, inputs, edits, *captions, instruction, **optional)
+    """(table, sheet); the node also shows the table on itself."""
+    output = _module("evaluate").IP2PEvaluate.execute(clip_scorer, inputs, edits, *captions, instruction, **optional)
+    assert output["ui"]["text"] == [output["result"][0]]
+    return output["result"]
 
 
 def _table_row(table: str, label: str) -> dict[str, float]:
@@ -88,6 +91,14 @@ def test_the_sheet_has_a_row_per_edit_with_input_edit_and_target_columns(pack, c
     assert sheet.shape == (1, layout.LABEL_HEIGHT + 2 * cell, evaluate.SHEET_LABEL_WIDTH + 3 * cell, 3)
     _, no_target = _evaluate(clip_scorer, _images(2, 0), _images(2, 1))
     assert no_target.shape[2] == evaluate.SHEET_LABEL_WIDTH + 2 * cell
+
+
+def test_an_input_of_another_shape_is_scored_as_the_edit_frames_it(pack, clip_scorer):
+    wide, edits = _images(1, 0, size=48)[:, :SIZE], _images(1, 1)  # 48 wide, 32 high; the edit 32 × 32
+    table, _ = _evaluate(clip_scorer, wide, edits)
+    cropped = wide[:, :, 8:40]  # the paper policy's centre crop: what a 32 × 32 edit of it was made from
+    scores = clip_scorer.scorer.score(cropped.movedim(-1, 1), edits.movedim(-1, 1), *CAPTIONS)
+    assert _table_row(table, "#1")["image"] == pytest.approx(float(scores.sim_image[0]), abs=1e-4)
 
 
 def test_one_input_image_is_shared_by_every_edit_and_other_counts_are_refused(pack, clip_scorer):

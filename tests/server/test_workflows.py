@@ -35,6 +35,9 @@ NODE_IDS = {
     "IP2PCLIPFilter",
     "IP2PDatasetWriter",
     "IP2PTradeoffPlot",
+    "IP2PAutoGuidance",
+    "IP2PDINOLoader",
+    "IP2PEvaluate",
 }
 CATEGORY_ROOT = "InstructPix2Pix"
 PACK_MODULE = "custom_nodes.comfyui-ip2p"
@@ -178,10 +181,25 @@ def check_tradeoff(server, entry: dict, prompt: dict, input_size: tuple[int, int
     assert [e.size for e in edits] == [edit_size(input_size)] * sweep
 
 
+def check_evaluate(server, entry: dict, prompt: dict, input_size: tuple[int, int]) -> None:
+    """The table names the CLIP metrics and says why the target metrics were skipped; the sheet is one row,
+    input | edit, each the edit's size enlarged by one whole factor, the labels beside them."""
+    (table,) = entry["outputs"][node_id_of(prompt, "IP2PEvaluate")]["text"]
+    assert {"directional", "image"} <= set(table.splitlines()[1].split())
+    assert "skipped l1: no target_images connected" in table
+    width, height = edit_size(input_size)
+    (sheet,) = saved_images(server, entry, node_id_of(prompt, "SaveImage"))
+    factor, rest = divmod(sheet.height - grid.LABEL_HEIGHT, height)
+    assert factor >= 1 and rest == 0
+    assert sheet.width > 2 * width * factor  # plus the label column
+    assert not is_flat(sheet)
+
+
 EXPECTED_OUTPUTS = {
     "ip2p_basic_edit": check_single_edit,
     "ip2p_custom_sampler": check_single_edit,
     "ip2p_dataset_builder": check_dataset,
+    "ip2p_evaluate": check_evaluate,
     "ip2p_guidance_sweep": check_sweep,
     "ip2p_tradeoff_plot": check_tradeoff,
 }
