@@ -42,7 +42,8 @@ MODEL_FOLDERS = (
     "diffusers",
     "embeddings",
     "ip2p_clip",
-)  # ip2p_clip: what the pack registers on a server
+    "ip2p_dino",
+)  # ip2p_clip, ip2p_dino: what the pack registers on a server
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 

@@ -22,6 +22,7 @@ MODEL_LISTS = {
     ("IP2PCheckpointLoader", "ckpt_name"),
     ("IP2PDiffusersLoader", "model_path"),
     ("IP2PCLIPLoader", "clip_model"),
+    ("IP2PDINOLoader", "dino_model"),
 }
 OPTIONAL_ATTRIBUTES = ("RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_NODE", "OUTPUT_IS_LIST", "INPUT_IS_LIST")
 
@@ -109,6 +110,9 @@ def test_model_lists_are_lists(nodes):
         "IP2PCLIPFilter",
         "IP2PDatasetWriter",
         "IP2PTradeoffPlot",
+        "IP2PAutoGuidance",
+        "IP2PEvaluate",
+        "IP2PDINOLoader",
     ],
 )
 def test_node_interface_equals_the_snapshot(nodes, snapshot, node_id):
