@@ -4,6 +4,8 @@ The paper's CLIP similarities (directional against image similarity over an imag
 MagicBrush's target metrics (L1, L2, CLIP-I, DINO, CLIP-T), per turn and at the final turn for
 multi-turn data (MagicBrush's parquet); docs/metrics.md says what each means.
 Settings, folders and the dataset are checked before any model loads; a rerun continues.
+Sharded over the processes of ``accelerate launch`` as ``ip2p generate`` is (``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK``); the last process to finish writes ``metrics.json`` and reports it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="score a model's edits of a dataset (or the dataset's own pairs) with CLIP, DINO and pixel metrics",
         description="Edit every example of a dataset at each (text_cfg, image_cfg) pair and score each edit: the "
         "paper's CLIP similarities and MagicBrush's L1, L2, CLIP-I, DINO and CLIP-T against the dataset's edited "
-        "image. Without --model the dataset's own pairs are scored. Rerun the same command to resume.",
+        "image. Without --model the dataset's own pairs are scored. Rerun the same command to resume. Several "
+        "processes: `accelerate launch --multi_gpu --num_processes N -m ip2p eval ...` (each takes every N-th "
+        "example, or every N-th image of multi-turn data).",
     )
     p.add_argument(
         "--model", default=None, help="an InstructPix2Pix model (file or diffusers folder); none: score the data"
@@ -55,7 +59,7 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="multi-turn data: edit every turn from its own source image (MagicBrush's single-turn setting), "
         "not from the previous turn's edit",
     )
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1 …")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda:1 …")
     p.add_argument("--dtype", default="auto", choices=devices.DTYPES, help="auto: float16 on GPU, float32 on CPU")
     p.set_defaults(handler=run)
 
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets.reader import open_dataset
     from ..formats.hashing import model_hash
     from ..grid import parse_scales
-    from ..headless.evaluate import EvalSettings, Scorers, evaluate, turn_order
+    from ..headless.evaluate import EvalSettings, Scorers, evaluate, plan
+    from .generate import _process
 
     settings = EvalSettings(
         text_cfg=tuple(parse_scales(args.text_cfg, "--text-cfg")),
@@ -88,12 +93,18 @@ def run(args: argparse.Namespace) -> int:
         from ..quality.dino import check_dino_folder
 
         check_dino_folder(args.dino)
+    rank, world, local_rank = _process()
     dataset = open_dataset(args.data)
-    turn_order(dataset)  # an image whose turns do not run 1, 2, … is refused before any model loads
+    _, mine, _ = plan(dataset, settings, rank, world)  # no example, or a turn missing: refused before any model loads
     multi_turn = args.model is not None and dataset.turns is not None
     if args.reanchor and not multi_turn:
         logger.warning("--reanchor applies to multi-turn data edited by a --model only; ignored here.")
-    device = devices.resolve_device(args.device)
+    device_name = (
+        f"cuda:{local_rank}"
+        if args.device == "auto" and world > 1 and devices.resolve_device("auto").type == "cuda"
+        else args.device
+    )
+    device = devices.resolve_device(device_name)
     dtype = devices.resolve_dtype(args.dtype, device)
     record = {
         "model": model_hash(args.model) if args.model else None,
@@ -127,12 +138,29 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    count = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
-    total = count * (len(settings.pairs()) if model is not None else 1)
-    with tqdm(total=total, desc="ip2p eval", unit="edit", disable=args.quiet) as bar:
+    total = len(mine) * (len(settings.pairs()) if model is not None else 1)
+    desc = f"ip2p eval [{rank}/{world}]" if world > 1 else "ip2p eval"
+    with tqdm(total=total, desc=desc, unit="edit", disable=args.quiet) as bar:
         summary = evaluate(
-            dataset, args.out, settings, record=record, model=model, scorers=scorers, progress=bar.update
+            dataset,
+            args.out,
+            settings,
+            record=record,
+            model=model,
+            scorers=scorers,
+            rank=rank,
+            world=world,
+            progress=bar.update,
         )
+    if summary is None:
+        logger.info(
+            "Process %d of %d: its %d example(s) done; the last process to finish writes %s",
+            rank,
+            world,
+            len(mine),
+            Path(args.out) / "metrics.json",
+        )
+        return 0
     for pair in summary["pairs"]:
         scales = (
             "dataset pairs" if pair["text_cfg"] is None else f"text {pair['text_cfg']:g}, image {pair['image_cfg']:g}"

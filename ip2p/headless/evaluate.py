@@ -15,6 +15,15 @@ image's turns are edited in order, turn 1 from its source image and each later t
 previous turn's edit, as MagicBrush's multi-turn setting (``reanchor``: every turn from its own
 source image, their single-turn setting); each turn is scored against its own target.
 
+Sharded like ``ip2p generate``: process ``rank`` of ``world`` (``accelerate launch`` sets them)
+takes every ``world``-th example, or for multi-turn data every ``world``-th image with all its
+turns, so a chain never leaves its process. Processes append to the one ``per_example.jsonl`` in
+turn, under the folder's lock (``.eval.lock``, dropped by the OS when a process dies), and the
+last to finish writes ``metrics.json`` and the pictures; nobody waits for anybody. Every edit is
+seeded with the seed alone (one generator per image), so its pixels depend neither on the process
+nor on the batch it lands in, and a rerun with another number of processes continues the same
+evaluation.
+
 The output folder (``OUT``):
 
 - ``eval.json``: what this evaluation is (model and scorer hashes, the dataset, the settings); a
@@ -47,12 +56,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets.locks import exclusive
 from ..errors import IP2PError
 from ..formats.atomic import atomic_file
 from ..images import to_rgb_array, to_uint8
 from ..quality import metrics as m
 from ..quality.scoring import EditToScore, score_edits
 from .components import EditModel
+from .generate import shard
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +74,7 @@ PLOT_FILE = "tradeoff.png"
 GRID_FILE = "samples.png"
 SAMPLES = "samples"
 TURNS = "turns"
+LOCK = ".eval.lock"  # held to claim the folder and to append to, repair or read per_example.jsonl
 SAMPLE_EXAMPLES = 4  # examples shown in samples.png
 DEFAULT_IMAGE_CFG = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # the paper's sweep (figs. 8 and 10)
 
@@ -133,80 +145,130 @@ def evaluate(
     record: dict,
     model: EditModel | None = None,
     scorers: Scorers | None = None,
+    rank: int = 0,
+    world: int = 1,
     progress: Callable[[int], None] | None = None,
-) -> dict:
-    """Evaluate ``dataset`` into ``out`` (see the module text); returns the contents of ``metrics.json``.
+) -> dict | None:
+    """Evaluate process ``rank``'s share of ``dataset`` into ``out`` (see the module text); returns the
+    contents of ``metrics.json``, or None while another process's share is still unscored (it writes them).
 
     ``record`` says what this evaluation is (hashes, dataset, settings): it is compared with the
     folder's ``eval.json`` so another evaluation's folder is refused.
     """
     out = Path(out)
     scorers = scorers or Scorers()
-    order, labels = turn_order(dataset)
+    order, mine, labels = plan(dataset, settings, rank, world)
     claim_folder(out, record)
-    order = order[: settings.limit]
-    if not order:
-        raise IP2PError("The dataset holds no examples to evaluate. Check --data (and --limit).")
-    done = read_rows(out / PER_EXAMPLE)
+    with exclusive(out / LOCK):
+        done = read_rows(out / PER_EXAMPLE)
     seen = {(row["text_cfg"], row["image_cfg"], row["key"]) for row in done}
     pairs = settings.pairs() if model is not None else [(None, None)]
     chained = model is not None and bool(labels) and not settings.reanchor
-    wrong = _WrongInstructions(dataset, order)
-    rounds = _rounds(order, labels) if chained else [order]
-    with open(out / PER_EXAMPLE, "a", encoding="utf-8") as sink:
-        for text_cfg, image_cfg in pairs:
-            for indices in rounds:
-                examples = (_load(dataset, i) for i in indices)
-                if model is not None:
-                    examples = (wrong.given(e) for e in examples)
-                if chained:
-                    examples = (_chained(e, labels[e.index], out, text_cfg, image_cfg) for e in examples)
-                for chunk in _chunks(examples, settings.batch):
-                    todo = [e for e in chunk if (text_cfg, image_cfg, e.key) not in seen]
-                    if todo:
-                        for row in _score_chunk(todo, model, scorers, settings, text_cfg, image_cfg, out):
-                            row.update(labels.get(row["index"], {}))
-                            sink.write(json.dumps(row) + "\n")
-                            sink.flush()
-                            os.fsync(sink.fileno())  # a kill -9 after this line keeps it
-                    if progress:
-                        progress(len(chunk))
-    rows = read_rows(out / PER_EXAMPLE)
-    summary = summarize_rows(rows, record)
-    with atomic_file(out / METRICS_FILE) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    _draw(out, summary, pairs, model is not None)
+    wrong = _WrongInstructions(dataset, order)  # chosen over every process's examples: the same in any share
+    rounds = _rounds(mine, labels) if chained else [mine]
+    for text_cfg, image_cfg in pairs:
+        for indices in rounds:
+            examples = (_load(dataset, i) for i in indices)
+            if model is not None:
+                examples = (wrong.given(e) for e in examples)
+            if chained:
+                examples = (_chained(e, labels[e.index], out, text_cfg, image_cfg) for e in examples)
+            for chunk in _chunks(examples, settings.batch):
+                todo = [e for e in chunk if (text_cfg, image_cfg, e.key) not in seen]
+                if todo:
+                    for row in _score_chunk(todo, model, scorers, settings, text_cfg, image_cfg, out):
+                        row.update(labels.get(row["index"], {}))
+                        append_row(out / PER_EXAMPLE, row)
+                if progress:
+                    progress(len(chunk))
+    with exclusive(out / LOCK):  # one process at a time: the one that finds every row there summarizes
+        rows = read_rows(out / PER_EXAMPLE)
+        scored = {(row["text_cfg"], row["image_cfg"], row["index"]) for row in rows}
+        if any((t, s, i) not in scored for t, s in pairs for i in order):
+            return None
+        summary = summarize_rows(rows, record)
+        with atomic_file(out / METRICS_FILE) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _draw(out, summary, pairs, model is not None)
     return summary
+
+
+def plan(dataset: Sequence, settings: EvalSettings, rank: int = 0, world: int = 1) -> tuple[list, list, dict]:
+    """The examples evaluated (indices, in :func:`turn_order`, up to ``settings.limit``), process ``rank``'s share
+    of them (every ``world``-th example; multi-turn data: every ``world``-th image, all its turns) and the turns'
+    labels."""
+    order, labels = turn_order(dataset)
+    order = order[: settings.limit]
+    if not order:
+        raise IP2PError("The dataset holds no examples to evaluate. Check --data (and --limit).")
+    if not labels:
+        return order, [order[i] for i in shard(len(order), rank, world)], labels
+    images = list(dict.fromkeys(labels[i]["img_id"] for i in order))
+    taken = {images[i] for i in shard(len(images), rank, world)}
+    return order, [i for i in order if labels[i]["img_id"] in taken], labels
 
 
 # ------------------------------------------------------------------------------------ the folder
 
 
 def claim_folder(out: Path, record: dict) -> None:
-    """Make ``out`` this evaluation's folder; one that holds another evaluation (or other files) is refused."""
+    """Make ``out`` this evaluation's folder; one that holds another evaluation (or other files) is refused.
+
+    Processes starting together claim it under the folder's lock: one writes ``eval.json``, the others
+    find it and compare. A folder of other files is refused before any lock file is made in it."""
     path = out / SETTINGS_FILE
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IP2PError(f"{path} is damaged ({exc}). Write the evaluation into a new --out.") from exc
-        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in record.items() if saved.get(k) != v]
-        if changed:
-            raise IP2PError(
-                f"{out} holds another evaluation ({'; '.join(changed)}). Choose a new --out, or rerun with that "
-                f"evaluation's own settings to continue it."
-            )
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise IP2PError(f"--out {out} exists and is not an evaluation folder. Choose a missing or empty folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if not path.is_file():
+        if out.exists() and (not out.is_dir() or _others(out)):
+            raise _not_an_evaluation(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive(out / LOCK):
+            if not path.is_file():
+                if _others(out):
+                    raise _not_an_evaluation(out)
+                with atomic_file(path) as tmp:
+                    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+                return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IP2PError(f"{path} is damaged ({exc}). Write the evaluation into a new --out.") from exc
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in record.items() if saved.get(k) != v]
+    if changed:
+        raise IP2PError(
+            f"{out} holds another evaluation ({'; '.join(changed)}). Choose a new --out, or rerun with that "
+            f"evaluation's own settings to continue it."
+        )
+
+
+def _others(out: Path) -> list[str]:
+    """What ``out`` holds besides a claim: the lock, ``eval.json`` and its temporary (of a claim under way, or
+    of one killed)."""
+    return [p.name for p in out.iterdir() if not p.name.startswith((LOCK, SETTINGS_FILE, f".{SETTINGS_FILE}."))]
+
+
+def _not_an_evaluation(out: Path) -> IP2PError:
+    return IP2PError(f"--out {out} exists and is not an evaluation folder. Choose a missing or empty folder.")
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Add ``row`` to ``per_example.jsonl`` for good (fsync: a kill -9 after it keeps it), under the folder's
+    lock. Reopened for each line, as :func:`read_rows` may have replaced the file; a line cut short by a
+    killed process is dropped first, so the new line starts on a line of its own."""
+    with exclusive(path.parent / LOCK):
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                if existing.read(1) != b"\n":
+                    read_rows(path)
+        with open(path, "a", encoding="utf-8") as sink:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
 
 
 def read_rows(path: Path) -> list[dict]:
     """The scored rows of ``per_example.jsonl``; a line cut short by a kill is dropped (and the file rewritten
-    without it, so the rerun's lines start on a line of their own)."""
+    without it, so the rerun's lines start on a line of their own). Call it holding the folder's lock."""
     if not path.is_file():
         return []
     rows, broken = [], False
@@ -337,7 +399,7 @@ def turn_order(dataset: Sequence) -> tuple[list[int], dict[int, dict]]:
 
 def _rounds(order: list[int], labels: dict[int, dict]) -> list[list[int]]:
     """A chain's examples turn by turn: every image's turn n is edited before any turn n + 1."""
-    last = max(labels[i]["turn_index"] for i in order)
+    last = max((labels[i]["turn_index"] for i in order), default=0)
     return [[i for i in order if labels[i]["turn_index"] == turn] for turn in range(1, last + 1)]
 
 
