@@ -31,6 +31,7 @@ from PIL import Image
 from .devices import resolve_device, resolve_dtype
 from .errors import IP2PError
 from .formats.tokenizer import load_clip_tokenizer
+from .quality import metrics as m
 
 # Score field -> its key in the paper's metadata.jsonl (also the name a rejection is counted under).
 METADATA_KEYS = {
@@ -85,18 +86,17 @@ def _check_embeddings(img_0: torch.Tensor, img_1: torch.Tensor, cap_0: torch.Ten
 def clip_scores(img_0: torch.Tensor, img_1: torch.Tensor, cap_0: torch.Tensor, cap_1: torch.Tensor) -> ClipScores:
     """The four similarities from raw (unnormalised) image embeddings B×D and caption embeddings B×D or 1×D.
 
-    Embeddings are normalised first, so ``sim_dir`` compares differences of unit vectors, as the
-    paper's code does; a 1×D caption is shared by all B samples. Computed in float32.
+    :func:`ip2p.quality.metrics.cosine` and :func:`~ip2p.quality.metrics.directional`, the definitions
+    ``ip2p eval`` and the trade-off plot score with: embeddings are normalised first, so ``sim_dir``
+    compares differences of unit vectors, as the paper's code does; a 1×D caption is shared by all B
+    samples. Computed in float32.
     """
     _check_embeddings(img_0, img_1, cap_0, cap_1)
-    img_0, img_1, cap_0, cap_1 = (F.normalize(t.float(), dim=-1) for t in (img_0, img_1, cap_0, cap_1))
-    batch = img_0.shape[0]
-    cap_0, cap_1 = cap_0.expand(batch, -1), cap_1.expand(batch, -1)
     return ClipScores(
-        sim_0=F.cosine_similarity(img_0, cap_0, dim=-1),
-        sim_1=F.cosine_similarity(img_1, cap_1, dim=-1),
-        sim_dir=F.cosine_similarity(img_1 - img_0, cap_1 - cap_0, dim=-1),
-        sim_image=F.cosine_similarity(img_0, img_1, dim=-1),
+        sim_0=m.cosine(img_0, cap_0),
+        sim_1=m.cosine(img_1, cap_1),
+        sim_dir=m.directional(img_0, img_1, cap_0, cap_1),
+        sim_image=m.cosine(img_0, img_1),
     )
 
 
