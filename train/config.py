@@ -122,12 +122,25 @@ class ValidationConfig:
     steps: int = 20
     # The sampling seed, the same at every validation, so the grids of different steps compare.
     seed: int = 0
+    # Examples edited (at the first text_cfg, image_cfg pair) and scored by `ip2p eval`'s metrics at every
+    # validation, the means logged to metrics.jsonl and TensorBoard (0: no scoring).
+    eval_count: int = 16
+    # The held-out examples: a dataset in any layout data.path takes (read with data.columns; for one split of
+    # a hub-style folder, give that split's files); null = the first eval_count training examples (not held out).
+    eval_data: str | None = None
+    # A local CLIP folder (transformers format) for the CLIP metrics; null skips them.
+    clip: str | None = None
+    # A local DINO ViT or Dinov2 folder for the DINO metric; null skips it.
+    dino: str | None = None
 
 
 @dataclass
 class CheckpointsConfig:
     # Keep the newest N complete checkpoints (older complete ones are deleted); null keeps all.
     total_limit: int | None = 3
+    # Also keep the checkpoint with the best held-out value of this metric (e.g. clip_i, l1, toy.inside_to_truth;
+    # docs/metrics.md), lower or higher as the metric is better; null: the newest N only.
+    keep_best: str | None = None
 
 
 @dataclass
@@ -397,6 +410,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if limit is not None and limit < 1:
         raise IP2PError(f"checkpoints.total_limit is {limit}; give 1 or more, or null to keep every checkpoint.")
     _check_validation(config.validation)
+    _check_keep_best(config)
     _check_lora(config.lora)
     if config.data.columns:
         from ip2p.datasets.reader import resolve_columns
@@ -440,6 +454,8 @@ def _check_validation(v: ValidationConfig) -> None:
             )
         for i, value in enumerate(values):
             check_scale(f"validation.{key}[{i}]", value)
+    if v.eval_count < 0:
+        raise IP2PError(f"validation.eval_count is {v.eval_count}; give 0 (no scoring) or a number of examples.")
     if v.images:
         if len(v.instructions) != len(v.images):
             raise IP2PError(
@@ -458,6 +474,37 @@ def _check_validation(v: ValidationConfig) -> None:
                 f"validation.count is {v.count}; give 1 or more training examples to validate on (or set "
                 f"validation.images and validation.instructions)."
             )
+
+
+def _check_keep_best(config: TrainConfig) -> None:
+    """``checkpoints.keep_best``: a metric this run's settings can compute (what its data lacks is checked at setup)."""
+    name, v = config.checkpoints.keep_best, config.validation
+    if name is None:
+        return
+    from ip2p.quality.metrics import ALL_METRICS
+    from ip2p.quality.scoring import CLIP_METRICS
+
+    if name not in ALL_METRICS:
+        close = difflib.get_close_matches(name, ALL_METRICS, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise IP2PError(
+            f"checkpoints.keep_best is {name!r}, not a metric.{hint} Choose one of {', '.join(ALL_METRICS)} "
+            f"(docs/metrics.md), or null."
+        )
+    if not v.every or not v.eval_count:
+        raise IP2PError(
+            f"checkpoints.keep_best={name} needs the held-out scoring: set validation.every (e.g. "
+            f"validation.every={config.save_every}) and validation.eval_count of 1 or more."
+        )
+    if name in CLIP_METRICS and v.clip is None:
+        raise IP2PError(f"checkpoints.keep_best={name} is a CLIP metric: give validation.clip=<a local CLIP folder>.")
+    if name == "dino" and v.dino is None:
+        raise IP2PError("checkpoints.keep_best=dino needs validation.dino=<a local DINO ViT or Dinov2 folder>.")
+    if config.save_every % v.every:
+        raise IP2PError(
+            f"checkpoints.keep_best={name}: save_every ({config.save_every}) is not a multiple of validation.every "
+            f"({v.every}), so some checkpoints would have no score. Make save_every a multiple of validation.every."
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from .model import (
     model_for_export,
     trained_state,
 )
-from .validation import log_grid, log_scalars, make_validator, open_tensorboard
+from .validation import log_grid, log_scalars, make_evaluator, make_validator, means, open_tensorboard
 
 logger = logging.getLogger("ip2p.train")
 
@@ -232,6 +232,8 @@ class Trainer:
             self.dataset if self.dataset is not None else open_training_data(c.data.path, c.data.columns, c.data.split)
         )
         self.validator = make_validator(c, dataset)  # reads its images now: a bad one stops the run before it writes
+        self.evaluator = make_evaluator(c, dataset, main=acc.is_main_process)  # its examples and folders too
+        self.evaluated: tuple[int, dict[str, float]] | None = None  # the latest held-out means: (step, {metric: mean})
 
         model = load_base(c.model.base, c.seed, widen=not c.lora.rank)
         self.model = model
@@ -457,18 +459,10 @@ class Trainer:
                 self._log(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", samples_per_s=f"{record['samples_per_s']:.1f}")
+                if self.validator is not None and self.validator.due(self.step, c.max_steps):
+                    self.validate()  # before the save, so the checkpoint records its held-out scores
                 if self.step % c.save_every == 0 or self.step == c.max_steps:
                     self.save()
-                if self.validator is not None and self.validator.due(self.step, c.max_steps):
-                    state = self.trained_state()  # every process: under FSDP it gathers the shards
-                    if acc.is_main_process:  # a float32 CPU copy with the EMA weights: the UNet trained is untouched
-                        with self.encoders_loaded():
-                            exported = model_for_export(self.model, acc.unwrap_model(self.unet), state)
-                            path, picture = self.validator.run(exported, self.step, self.out)
-                        logger.info("Validation grid of step %d: %s", self.step, path)
-                        if self.tensorboard is not None:
-                            log_grid(self.tensorboard, picture, self.step)
-                    acc.wait_for_everyone()
             if acc.is_main_process:
                 memory = " ".join(f"{key}={value}" for key, value in peak_memory(acc.device).items())
                 logger.info("Trained to step %d; this process's peak memory: %s", self.step, memory)
@@ -477,6 +471,27 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         return self.out
+
+    def validate(self) -> None:
+        """This step's grid and held-out scores (written by the main process; the others wait)."""
+        acc = self.accelerator
+        state = self.trained_state()  # every process: under FSDP it gathers the shards
+        if acc.is_main_process:  # a float32 CPU copy with the EMA weights: the UNet trained is untouched
+            with self.encoders_loaded():
+                exported = model_for_export(self.model, acc.unwrap_model(self.unet), state)
+                path, picture = self.validator.run(exported, self.step, self.out)
+                entry = self.evaluator.run(exported, self.step) if self.evaluator is not None else None
+            logger.info("Validation grid of step %d: %s", self.step, path)
+            if self.tensorboard is not None:
+                log_grid(self.tensorboard, picture, self.step)
+            if entry is not None:
+                self.evaluated = (self.step, means(entry))
+                self._log({"step": self.step, "eval": entry})
+                logger.info(
+                    "Held-out scores of step %d: %s", self.step,
+                    ", ".join(f"{name} {value:.4g}" for name, value in self.evaluated[1].items()) or "none",
+                )  # fmt: skip
+        acc.wait_for_everyone()
 
     def _log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
@@ -500,8 +515,12 @@ class Trainer:
         state = self.trained_state()  # every process: under FSDP it gathers the shards
         if acc.is_main_process:
             base_hash = self.model.model_hash if self.config.lora.rank else None
-            ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes, base_hash)
-            ckpt.prune(self.out, self.config.checkpoints.total_limit)
+            scores = self.evaluated[1] if self.evaluated is not None and self.evaluated[0] == self.step else None
+            ckpt.finish(path, self.step, to_yaml(self.config), acc.num_processes, base_hash, scores)
+            keep_best = self.config.checkpoints.keep_best
+            ckpt.prune(self.out, self.config.checkpoints.total_limit, keep_best)
+            if keep_best and (best := ckpt.best_checkpoint(self.out, keep_best)) is not None:
+                logger.info("Best checkpoint by %s: %s (%.4g)", keep_best, best[1], best[2])
             with self.encoders_loaded():
                 self.export(state)
             logger.info("Saved %s and %s", path, self.out / EXPORT)

@@ -201,6 +201,7 @@ def test_given_validation_images_are_centre_cropped_to_the_training_resolution(t
         (["validation.text_cfg=[]"], r"validation\.text_cfg is empty"),
         (["validation.image_cfg=[1.5, -1]"], r"validation\.image_cfg\[1\]"),
         (["validation.steps=0"], r"validation\.steps is 0"),
+        (["validation.eval_count=-1"], r"validation\.eval_count is -1"),
     ],
 )  # fmt: skip
 def test_a_validation_config_that_cannot_work_is_refused_naming_the_keys(overrides, message):
