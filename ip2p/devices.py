@@ -1,4 +1,4 @@
-"""Which device and dtype a job runs on: one answer for ``edit``, and later ``train`` and ``generate``.
+"""Which device and dtype a job runs on, and which process of a launch it is: one answer for every command.
 
 ``auto`` picks CUDA when present (float16 there), else the CPU in float32. A device that cannot
 hold real tensors (``meta``) or that this torch build cannot reach is refused with the fix, before
@@ -6,6 +6,8 @@ any model is loaded.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -53,3 +55,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type in ("cuda", "mps", "xpu") else torch.float32
     return getattr(torch, name)
+
+
+def launched_process() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as ``accelerate launch`` / ``torchrun`` set them; (0, 1, 0) alone."""
+    try:
+        return tuple(
+            int(os.environ.get(name, default)) for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+        )  # type: ignore[return-value]
+    except ValueError as exc:
+        raise IP2PError(f"RANK / WORLD_SIZE / LOCAL_RANK must be whole numbers: {exc}") from None
+
+
+def process_device(name: str, world: int, local_rank: int) -> torch.device:
+    """``--device`` for one process of a launch: ``auto`` with several processes on CUDA is this process's own GPU."""
+    if name == "auto" and world > 1 and resolve_device("auto").type == "cuda":
+        name = f"cuda:{local_rank}"
+    return resolve_device(name)

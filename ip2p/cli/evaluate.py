@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ..formats.hashing import model_hash
     from ..grid import parse_scales
     from ..headless.evaluate import EvalSettings, Scorers, evaluate, plan
-    from .generate import _process
 
     settings = EvalSettings(
         text_cfg=tuple(parse_scales(args.text_cfg, "--text-cfg")),
@@ -93,18 +92,13 @@ def run(args: argparse.Namespace) -> int:
         from ..quality.dino import check_dino_folder
 
         check_dino_folder(args.dino)
-    rank, world, local_rank = _process()
+    rank, world, local_rank = devices.launched_process()
     dataset = open_dataset(args.data)
     _, mine, _ = plan(dataset, settings, rank, world)  # no example, or a turn missing: refused before any model loads
     multi_turn = args.model is not None and dataset.turns is not None
     if args.reanchor and not multi_turn:
         logger.warning("--reanchor applies to multi-turn data edited by a --model only; ignored here.")
-    device_name = (
-        f"cuda:{local_rank}"
-        if args.device == "auto" and world > 1 and devices.resolve_device("auto").type == "cuda"
-        else args.device
-    )
-    device = devices.resolve_device(device_name)
+    device = devices.process_device(args.device, world, local_rank)
     dtype = devices.resolve_dtype(args.dtype, device)
     record = {
         "model": model_hash(args.model) if args.model else None,

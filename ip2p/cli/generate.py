@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from .. import devices
 from ..errors import IP2PError
@@ -102,16 +101,6 @@ def add(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=run)
 
 
-def _process() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as ``accelerate launch`` / ``torchrun`` set them; (0, 1, 0) alone."""
-    try:
-        return tuple(
-            int(os.environ.get(name, default)) for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
-        )  # type: ignore[return-value]
-    except ValueError as exc:
-        raise IP2PError(f"RANK / WORLD_SIZE / LOCAL_RANK must be whole numbers: {exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..clip_filter import FilterThresholds
     from ..formats.hashing import model_hash
@@ -147,19 +136,14 @@ def run(args: argparse.Namespace) -> int:
     check_keep(settings, filtered=args.clip is not None)  # before any model loads
     if args.shard_rows < 1:
         raise IP2PError(f"--shard-rows must be 1 or more, got {args.shard_rows}.")
-    rank, world, local_rank = _process()
+    rank, world, local_rank = devices.launched_process()
     prompts = read_prompts(args.prompts)
     if args.clip is not None:
         from ..clip_filter import check_clip_folder
 
         check_clip_folder(args.clip)
 
-    device_name = (
-        f"cuda:{local_rank}"
-        if args.device == "auto" and world > 1 and devices.resolve_device("auto").type == "cuda"
-        else args.device
-    )
-    device = devices.resolve_device(device_name)
+    device = devices.process_device(args.device, world, local_rank)
     dtype = devices.resolve_dtype(args.dtype, device)
     clip_hash = model_hash(args.clip) if args.clip is not None else None
     record = settings_record(settings, model_hash(args.base), clip_hash, str(dtype).removeprefix("torch."))
