@@ -4,10 +4,9 @@ core's rule (ip2p/quality/auto_cfg.py), its edit and scales returned for the res
 from __future__ import annotations
 
 from ..ip2p.quality import auto_cfg
-from .clip import SCORER
 from .inputs import CATEGORY, MODEL_IMAGE_INPUTS, OPTIONAL_COND_INPUTS, RESIZE_INPUTS, SAMPLING_INPUTS, sampler_inputs
 from .sweep import sweep_cells
-from .tradeoff import scored_sweep
+from .tradeoff import SCORED_SWEEP_INPUTS, scored_sweep
 
 
 def _values(values: tuple[float, ...]) -> str:
@@ -40,10 +39,7 @@ class IP2PAutoGuidance:
         return {
             "required": {
                 **MODEL_IMAGE_INPUTS,
-                "clip_scorer": (SCORER, {"tooltip": "From 'InstructPix2Pix CLIP Scorer Loader'."}),
-                "instruction": ("STRING", {"multiline": True, "default": "", "tooltip": "The edit to make."}),
-                "input_caption": ("STRING", {"default": "", "tooltip": "What the input image shows."}),
-                "edited_caption": ("STRING", {"default": "", "tooltip": "What the edited image should show."}),
+                **SCORED_SWEEP_INPUTS,
                 **SAMPLING_INPUTS,
                 "text_cfg_values": (
                     "STRING",

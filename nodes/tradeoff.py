@@ -14,6 +14,14 @@ from .conditioning import image_latent, image_to_working_size, resolve_condition
 from .inputs import CATEGORY, MODEL_IMAGE_INPUTS, OPTIONAL_COND_INPUTS, RESIZE_INPUTS, SAMPLING_INPUTS, sampler_inputs
 from .sweep import edit_each, sweep_cells
 
+# What a CLIP-scored sweep needs besides the model and the image (the trade-off and auto guidance nodes).
+SCORED_SWEEP_INPUTS = {
+    "clip_scorer": (SCORER, {"tooltip": "From 'InstructPix2Pix CLIP Scorer Loader'."}),
+    "instruction": ("STRING", {"multiline": True, "default": "", "tooltip": "The edit to make."}),
+    "input_caption": ("STRING", {"default": "", "tooltip": "What the input image shows."}),
+    "edited_caption": ("STRING", {"default": "", "tooltip": "What the edited image should show."}),
+}
+
 
 class IP2PTradeoffPlot:
     NODE_ID = "IP2PTradeoffPlot"
@@ -38,10 +46,7 @@ class IP2PTradeoffPlot:
         return {
             "required": {
                 **MODEL_IMAGE_INPUTS,
-                "clip_scorer": (SCORER, {"tooltip": "From 'InstructPix2Pix CLIP Scorer Loader'."}),
-                "instruction": ("STRING", {"multiline": True, "default": "", "tooltip": "The edit to make."}),
-                "input_caption": ("STRING", {"default": "", "tooltip": "What the input image shows."}),
-                "edited_caption": ("STRING", {"default": "", "tooltip": "What the edited image should show."}),
+                **SCORED_SWEEP_INPUTS,
                 **SAMPLING_INPUTS,
                 "text_cfg_values": ("STRING", {"default": "7.5", "tooltip": "One line per text_cfg (comma-separated)."}),
                 "image_cfg_values": (
