@@ -4,9 +4,13 @@
 #
 #   scripts/test.sh [ARGS...]          default suite: tests/core tests/headless tests/train tests/comfy_lib
 #   scripts/test.sh server [ARGS...]   full ComfyUI server suite: tests/server
-#   scripts/test.sh learning [ARGS...] the toy recipe at full length: tests/learning (~20 min)
+#   scripts/test.sh learning [ARGS...] the trainer learns: a 2,000-step toy run, the toy recipe at full length (~35 min)
 #   scripts/test.sh deepspeed [ARGS...] DeepSpeed ZeRO-2 on two CPU processes: tests/deepspeed (~1 min; installs
 #                                      DeepSpeed into its own folder, which only this suite puts on the path)
+#   scripts/test.sh kernels [ARGS...]  the tests that compare float computations (marker `numerics`, in the default
+#                                      suite's folders) once per CPU kernel setting: ATEN_CPU_CAPABILITY in default,
+#                                      avx2, avx512 (only where the processor has AVX-512) × ONEDNN_MAX_CPU_ISA in
+#                                      AVX2, unset; fails if any setting fails (CONTRIBUTING.md, "Numerics")
 #
 # ARGS go to pytest. Needs python3 (3.10+) with pip; the CPU torch wheel must be installable by pip.
 # Environment:
@@ -19,7 +23,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 suite=default
-if [ "${1:-}" = server ] || [ "${1:-}" = learning ] || [ "${1:-}" = deepspeed ]; then
+if [ "${1:-}" = server ] || [ "${1:-}" = learning ] || [ "${1:-}" = deepspeed ] || [ "${1:-}" = kernels ]; then
     suite=$1
     shift
 fi
@@ -92,9 +96,44 @@ elif [ "$suite" = deepspeed ]; then
     export PYTHONPATH="$deepspeed_lib${PYTHONPATH:+:$PYTHONPATH}" PATH="$deepspeed_lib/bin:$PATH"
     paths=(tests/deepspeed)
 elif [ "$suite" = learning ]; then
-    paths=(tests/learning)  # the toy recipe at full length (~20 min on 2 cores)
+    paths=(tests/learning)  # the trainer learns: the toy world's bar after 2,000 steps and after the full recipe
 else
     paths=(tests/core tests/headless tests/train tests/comfy_lib)
+fi
+
+if [ "$suite" = kernels ]; then
+    # float32 results depend on the kernels the processor selects (instruction set, batch size): each setting runs the
+    # `numerics` tests in its own pytest process (torch and oneDNN read these variables once, at start). A later -m in
+    # ARGS replaces `-m numerics`. Forcing avx512 on a processor without it stops torch on an illegal instruction, so
+    # that level runs only where torch itself detects AVX-512.
+    native=$(env -u ATEN_CPU_CAPABILITY "$py" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    status=0
+    results=()
+    for aten in default avx2 avx512; do
+        if [ "$aten" = avx512 ] && [[ "$native" != AVX512* ]]; then
+            results+=("ATEN_CPU_CAPABILITY=avx512: not run, this processor has no AVX-512 (torch detects $native)")
+            continue
+        fi
+        for isa in AVX2 unset; do
+            setting="ATEN_CPU_CAPABILITY=$aten ONEDNN_MAX_CPU_ISA=$isa"
+            echo "test.sh: kernels: $setting"
+            onednn=(ONEDNN_MAX_CPU_ISA="$isa")
+            [ "$isa" = unset ] && onednn=(-u ONEDNN_MAX_CPU_ISA)
+            start=$SECONDS
+            code=0
+            env "${onednn[@]}" ATEN_CPU_CAPABILITY="$aten" "$py" -m pytest "${paths[@]}" -m numerics "$@" 2>&1 |
+                tee "$log" || code=$?
+            [ "$code" -eq 5 ] && code=1  # no test collected: fail, as below
+            counts=$(grep -E '^=* ?[0-9]+ (passed|failed|errors?)|no tests ran' "$log" | tail -n 1 | tr -d '=')
+            results+=("$setting: exit $code, $((SECONDS - start)) s, $(echo $counts)")
+            [ "$code" -eq 0 ] || status=1
+        done
+    done
+    echo "test.sh: kernels suite, one line per setting:"
+    printf '  %s\n' "${results[@]}"
+    exit "$status"
 fi
 
 status=0

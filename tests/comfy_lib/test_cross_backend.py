@@ -37,6 +37,7 @@ def comfy_result(pack, sd15_ip2p_checkpoint):
     return image, edited, noise, sigmas
 
 
+@pytest.mark.numerics
 def test_the_node_and_the_headless_editor_give_the_same_edit(comfy_result, sd15_ip2p_checkpoint):
     from ip2p.headless.editor import EditSettings, edit
     from ip2p.headless.loading import load_edit_model

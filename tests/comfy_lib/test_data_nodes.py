@@ -54,6 +54,7 @@ def node_pairs(base_model, triple):
     return _generate(base_model, triple)
 
 
+@pytest.mark.numerics
 def test_the_node_and_the_headless_generator_make_the_same_pairs(node_pairs, base_model, sd15_base_checkpoint):
     import comfy.samplers
 
@@ -84,6 +85,7 @@ def test_each_pair_records_its_prompt_seed_p_and_cfg_from_the_run_seed(node_pair
     assert all(pair.prompt == triple and pair.prompt_index == 0 for pair in pairs)
 
 
+@pytest.mark.numerics
 def test_memory_forced_low_splits_cond_from_uncond_and_changes_no_pixel(node_pairs, base_model, triple, monkeypatch):
     import comfy.model_management
 
@@ -100,12 +102,19 @@ def test_memory_forced_low_splits_cond_from_uncond_and_changes_no_pixel(node_pai
     images0, images1, _ = _generate(base_model, triple)
     assert seen and all(len(chunks) == 1 for chunks in seen), f"ComfyUI still batched cond and uncond: {set(seen)}"
     assert {chunks[0] for chunks in seen} == {0, 1}
-    assert torch.allclose(images0, node_pairs[0], atol=1e-5) and torch.allclose(images1, node_pairs[1], atol=1e-5)
+    # cond and uncond in two UNet calls against one: other batches, float32; decoded images within the node-vs-headless
+    # bar, under which no 8-bit pixel moves by more than one level (1e-5 held where measured, on two processors)
+    torch.testing.assert_close(images0, node_pairs[0], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(images1, node_pairs[1], rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.numerics
 def test_one_seed_per_call_gives_the_pairs_of_a_batched_call(node_pairs, base_model, triple):
     images0, images1, _ = _generate(base_model, triple, seeds_per_call=1)
-    assert torch.allclose(images0, node_pairs[0], atol=1e-4) and torch.allclose(images1, node_pairs[1], atol=1e-4)
+    # one seed per call against two in a batch, float32 decoded images: the bar of the headless twin
+    # (test_p2p_generate, 7.3e-4 measured on AVX-512 there, issue 21) is one 8-bit level; this file's 0.5/255 holds
+    torch.testing.assert_close(images0, node_pairs[0], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(images1, node_pairs[1], rtol=0, atol=TOLERANCE)
 
 
 def test_identical_captions_give_identical_images(base_model, pack):

@@ -15,10 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from numerics import spread_atol
 
 TEXT_CFG = 7.5
 IMAGE_CFG = 1.5
 MULTIPLIER = 0.7  # RescaleCFG's default
+# The guided prediction is the branches combined with coefficients of magnitude 1 + 2·s_T + 2·s_I in all: each
+# branch, computed alone here and in one batch of three by the sampler, carries float32 kernel noise that much amplified.
+GUIDED_WEIGHT = 1 + 2 * TEXT_CFG + 2 * IMAGE_CFG
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +116,20 @@ def test_rescale_cfg_changes_the_guided_prediction(pack, tiny_model, rescaled, c
     assert (patched.guided - plain.guided).abs().max() > 1e-3
 
 
+@pytest.mark.numerics
 def test_rescale_cfg_applies_to_the_text_step_and_the_image_term_is_added(pack, rescaled, conditioning):
     step = first_step(pack, rescaled, conditioning)
     full, image, uncond = step.branches
     text_step = rescale_expectation(full, image, step.x, step.sigma, TEXT_CFG, MULTIPLIER)
     expected = text_step + (IMAGE_CFG - 1) * (image - uncond)
-    torch.testing.assert_close(step.guided, expected, rtol=1e-4, atol=1e-4)
+    # sampler's batch against branches alone, float32: 1.5e-4 measured (predictions up to ~46), failed 1e-4 + 1e-4
+    # relative on AVX-512 (issue 21); the relative part was no bound where the combination cancels
+    torch.testing.assert_close(
+        step.guided, expected, rtol=0, atol=spread_atol(full, image, uncond, weight=GUIDED_WEIGHT)
+    )
 
 
+@pytest.mark.numerics
 def test_a_cfg_function_sees_the_image_branch_even_where_the_guidance_needs_only_the_full_one(
     pack, tiny_model, conditioning
 ):
@@ -133,11 +143,13 @@ def test_a_cfg_function_sees_the_image_branch_even_where_the_guidance_needs_only
     patched.set_model_sampler_cfg_function(cfg_function)
     step = first_step(pack, patched, conditioning, text_cfg=1.0, image_cfg=1.0)
     full, image, _ = step.branches
-    torch.testing.assert_close(seen[0]["cond_denoised"], full, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(seen[0]["uncond_denoised"], image, rtol=1e-4, atol=1e-4)
+    # one branch from the sampler's batch against the branch alone, float32: measured 2.3e-5 on predictions up to ~46
+    torch.testing.assert_close(seen[0]["cond_denoised"], full, rtol=0, atol=spread_atol(full))
+    torch.testing.assert_close(seen[0]["uncond_denoised"], image, rtol=0, atol=spread_atol(image))
     assert seen[0]["cond_scale"] == 1.0
 
 
+@pytest.mark.numerics
 def test_post_cfg_hooks_see_the_guided_prediction_with_the_full_and_image_branches(pack, tiny_model, conditioning):
     seen = []
 
@@ -151,13 +163,18 @@ def test_post_cfg_hooks_see_the_guided_prediction_with_the_full_and_image_branch
     full, image, uncond = step.branches
     guided = uncond + TEXT_CFG * (full - image) + IMAGE_CFG * (image - uncond)
     args = seen[0]
-    torch.testing.assert_close(args["denoised"], guided, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(args["cond_denoised"], full, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(args["uncond_denoised"], image, rtol=1e-4, atol=1e-4)
+    # the sampler's batch against branches alone, float32: 1.7e-4 measured, failed 1e-4 + 1e-4 relative on AVX-512
+    # (issue 21); each branch alone 2.3e-5 (predictions up to ~46)
+    torch.testing.assert_close(
+        args["denoised"], guided, rtol=0, atol=spread_atol(full, image, uncond, weight=GUIDED_WEIGHT)
+    )
+    torch.testing.assert_close(args["cond_denoised"], full, rtol=0, atol=spread_atol(full))
+    torch.testing.assert_close(args["uncond_denoised"], image, rtol=0, atol=spread_atol(image))
     assert args["cond_scale"] == TEXT_CFG
     torch.testing.assert_close(step.guided, 2 * args["denoised"], rtol=0, atol=0)
 
 
+@pytest.mark.numerics
 def test_pre_cfg_hooks_change_the_branch_predictions_that_are_combined(pack, tiny_model, conditioning):
     def swap_text(args):
         full, image, uncond = args["conds_out"]
@@ -168,4 +185,7 @@ def test_pre_cfg_hooks_change_the_branch_predictions_that_are_combined(pack, tin
     step = first_step(pack, patched, conditioning)
     full, image, uncond = step.branches
     expected = uncond + TEXT_CFG * (image - full) + IMAGE_CFG * (full - uncond)
-    torch.testing.assert_close(step.guided, expected, rtol=1e-4, atol=1e-4)
+    # the sampler's batch against branches alone, float32: measured 1.4e-4 (predictions up to ~46)
+    torch.testing.assert_close(
+        step.guided, expected, rtol=0, atol=spread_atol(full, image, uncond, weight=GUIDED_WEIGHT)
+    )

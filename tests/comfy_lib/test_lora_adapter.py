@@ -142,6 +142,7 @@ def test_comfyui_loads_every_key_of_the_adapter(comfy_edits):
     assert comfy_edits["patched"] == comfy_edits["keys"] // 3  # one weight patched per down/up/alpha triple
 
 
+@pytest.mark.numerics
 def test_the_adapter_in_comfyui_equals_the_merged_export(comfy_edits):
     lora_pixels, lora_latent = comfy_edits["lora"]
     merged_pixels, merged_latent = comfy_edits["merged"]
@@ -150,6 +151,7 @@ def test_the_adapter_in_comfyui_equals_the_merged_export(comfy_edits):
     torch.testing.assert_close(lora_latent, merged_latent, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.numerics
 def test_the_adapter_in_comfyui_equals_the_headless_edit_with_lora(comfy_edits, sd15_ip2p_checkpoint, adapter):
     from ip2p.headless.editor import EditSettings, edit
     from ip2p.headless.loading import load_edit_model

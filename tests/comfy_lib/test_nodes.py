@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from numerics import spread_atol
 
 STEPS = 2
 SIZE = 64
@@ -196,6 +197,7 @@ def test_conditioning_attaches_the_posterior_mode_not_a_sample(nodes, loaded, im
     assert first[2]["samples"].shape == latent_1.shape and not first[2]["samples"].any()
 
 
+@pytest.mark.numerics
 def test_guider_equals_the_paper_formula_over_three_separate_model_calls(nodes, loaded, image):
     """Inside a real sampling run, the guider's output equals eq. 3 computed from three separate calls."""
     import comfy.sample
@@ -223,10 +225,14 @@ def test_guider_equals_the_paper_formula_over_three_separate_model_calls(nodes, 
     guider.sample(noise, latent["samples"], comfy.samplers.KSAMPLER(probe), sigmas, seed=0)
     full, image_only, uncond = seen["branches"]
     expected = uncond + 7.5 * (full - image_only) + 1.5 * (image_only - uncond)
-    torch.testing.assert_close(seen["guided"], expected, rtol=1e-4, atol=1e-4)
+    # the sampler's batch against three calls, float32; the branches' kernel noise amplified by 1 + 2·7.5 + 2·1.5:
+    # measured 4.1e-4, and 2.7e-4 on an element of 1.6 failed the old 1e-4 + 1e-4 relative on an AVX2 EPYC
+    atol = spread_atol(full, image_only, uncond, weight=1 + 2 * 7.5 + 2 * 1.5)
+    torch.testing.assert_close(seen["guided"], expected, rtol=0, atol=atol)
     assert not torch.allclose(full, uncond)  # the branches really differ
 
 
+@pytest.mark.numerics
 def test_custom_sampler_route_matches_the_one_node_sampler(nodes, loaded, image):
     """IP2PConditioning + IP2PDualCFGGuider sampled by hand = IP2PKSampler for the same seed."""
     import comfy.sample
@@ -240,6 +246,7 @@ def test_custom_sampler_route_matches_the_one_node_sampler(nodes, loaded, image)
     noise = comfy.sample.prepare_noise(latent["samples"], 0)
     by_hand = guider.sample(noise, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=0)
     _, one_node = run_ksampler(nodes, loaded, image)
+    # the same guider and sampler by two routes: measured 0; 1e-5 as before
     torch.testing.assert_close(by_hand.float().cpu(), one_node["samples"].float(), rtol=1e-5, atol=1e-5)
 
 

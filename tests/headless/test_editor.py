@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 from editor_fixtures import IMAGE_SIZE, make_image, record_unet
+from numerics import IMAGE_LEVEL
 
 from ip2p import guidance
 from ip2p.errors import IP2PError
@@ -16,7 +17,8 @@ from ip2p.headless.editor import EditSettings, edit, encode_image_latent, encode
 from ip2p.model_family import COSXL_EDIT
 
 STEPS = 2
-SHORTCUT_TOLERANCE = 1e-5  # DESIGN §2: exact in algebra, ~1e-5 in floats with another UNet batch
+# DESIGN §2: exact in algebra; float32 with another UNet batch: measured 7.2e-7 (decoded images, every kernel setting)
+SHORTCUT_TOLERANCE = 1e-5
 
 
 def _settings(**change) -> EditSettings:
@@ -62,11 +64,14 @@ def test_keep_resize_returns_the_input_size(tiny_model):
     assert calls.inputs[0].shape[-2:] == (40 // 2, 72 // 2)  # edited at multiples of 8, latents ×½
 
 
+@pytest.mark.numerics
 def test_an_images_edit_does_not_depend_on_its_batch(tiny_model):
     images, settings = make_image(batch=3), _settings(sampler="euler_ancestral")  # per-step noise too
     together = edit(tiny_model, images, settings, progress=False)
     alone = torch.cat([edit(tiny_model, images[i : i + 1], settings, progress=False) for i in range(3)])
-    torch.testing.assert_close(together, alone, rtol=0, atol=1e-4)
+    # batch of 3 against 3 calls: decoded images within one 8-bit level (measured 4.2e-6; the same comparison in
+    # test_p2p_generate measured 7.3e-4 on an AVX-512 Xeon, issue 21)
+    torch.testing.assert_close(together, alone, rtol=0, atol=IMAGE_LEVEL)
 
 
 def test_equal_images_in_one_batch_get_equal_edits(tiny_model):
@@ -128,6 +133,7 @@ def test_the_branches_are_full_image_and_uncond_in_diffusers_order(tiny_model):
     [(7.5, 1.0, 2), (1.0, 1.0, 1)],
     ids=["image_cfg_1_two_branches", "both_1_one_branch"],
 )
+@pytest.mark.numerics
 def test_shortcuts_use_fewer_rows_and_equal_the_full_formula(tiny_model, monkeypatch, text_cfg, image_cfg, rows):
     settings = _settings(text_cfg=text_cfg, image_cfg=image_cfg)
     image = make_image()
@@ -169,12 +175,15 @@ def _paper_formula_one_step(model, image, settings, noise):
 @pytest.mark.parametrize(
     ("text_cfg", "image_cfg"), [(1.0, 0.5), (0.5, 1.5), (0.8, 0.0)], ids=["image_below_1", "text_below_1", "both_low"]
 )
+@pytest.mark.numerics
 def test_scales_diffusers_ignores_still_guide_by_the_papers_formula(tiny_model, text_cfg, image_cfg):
     settings = _settings(steps=1, scheduler="simple", text_cfg=text_cfg, image_cfg=image_cfg, negative="blurry")
     image = make_image()
     noise = torch.randn(1, 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2, generator=torch.Generator().manual_seed(5))
     ours = edit(tiny_model, image, settings, noise=noise, progress=False)
     reference = _paper_formula_one_step(tiny_model, image, settings, noise)
+    # three separate UNet calls against one batch, float32: measured 8.9e-7 (decoded images); kept tight because a
+    # guidance effect here may be only a few 8-bit levels
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     unguided = edit(
         tiny_model, image, dataclasses.replace(settings, text_cfg=1.0, image_cfg=1.0), noise=noise, progress=False
@@ -225,6 +234,7 @@ def test_noise_of_the_wrong_shape_is_refused(tiny_model):
         edit(tiny_model, make_image(), _settings(), noise=torch.randn(1, 4, 8, 8), progress=False)
 
 
+@pytest.mark.numerics
 def test_explicit_sigmas_on_the_models_timesteps_reproduce_its_schedule(tiny_model):
     settings = _settings(steps=4, scheduler="simple")  # trailing spacing: integer timesteps 999, 749, 499, 249
     scheduler = schedulers.make_scheduler(tiny_model.scheduler_config, "euler", "simple")
@@ -242,6 +252,7 @@ def test_explicit_sigmas_on_the_models_timesteps_reproduce_its_schedule(tiny_mod
             progress=False,
         )
     assert calls.timesteps == scheduler.timesteps.tolist()
+    # the start scaled another way round (float32): measured 5.4e-7 on the decoded images
     torch.testing.assert_close(
         explicit, edit(tiny_model, image, settings, noise=noise, progress=False), rtol=0, atol=1e-5
     )

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from editor_fixtures import record_unet
+from numerics import IMAGE_LEVEL
 
 from ip2p import p2p
 from ip2p.errors import IP2PError
@@ -21,7 +22,6 @@ from ip2p.p2p import AttentionPlan, PaperP2P
 
 CAT, DOG = "a photo of a cat", "a photo of a dog"  # the same number of tokens: word swap works
 SIZE = 64  # the tiny model's own size (32 px latents)
-BATCH_TOLERANCE = 1e-4  # another UNet batch size changes float summation order (the editor's tolerance)
 
 
 def pairs(model, seeds, p, cfg=7.5, steps=3, captions=(CAT, DOG), **options) -> PairBatch:
@@ -143,6 +143,7 @@ def test_self_attention_is_replaced_exactly_for_the_pairs_and_steps_below_their_
 # -- what the images are ------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_image_0_is_diffusers_stable_diffusion_sample_for_the_seed(tiny_base_model):
     diffusers = pytest.importorskip("diffusers")
     model = tiny_base_model
@@ -161,11 +162,13 @@ def test_image_0_is_diffusers_stable_diffusion_sample_for_the_seed(tiny_base_mod
     generator = torch.Generator().manual_seed(7)
     reference = pipe(CAT, num_inference_steps=3, guidance_scale=9.0, generator=generator, output_type="pt").images
     result = pairs(model, [7], 0.6, cfg=9.0, steps=3)
-    torch.testing.assert_close(result.images[:, 0], reference, rtol=0, atol=BATCH_TOLERANCE)
+    # diffusers' pipeline against our batch of 4 rows: decoded images within one 8-bit level (measured 3.5e-6)
+    torch.testing.assert_close(result.images[:, 0], reference, rtol=0, atol=IMAGE_LEVEL)
 
 
 def test_image_0_does_not_depend_on_p_and_image_1_does(sharp_model):
     result = pairs(sharp_model, [5, 5], [0.0, 0.9])
+    # two rows of one batch with the same inputs: the same ops (0 measured); 1e-6 as before
     torch.testing.assert_close(result.images[0, 0], result.images[1, 0], rtol=0, atol=1e-6)
     assert (result.images[0, 1] - result.images[1, 1]).abs().mean() > 0.01
 
@@ -175,20 +178,25 @@ def test_identical_captions_give_identical_images_within_a_pair(sharp_model):
     torch.testing.assert_close(result.images[:, 0], result.images[:, 1], rtol=0, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_seeds_batched_in_one_call_give_the_images_of_one_seed_per_call(sharp_model):
     seeds, fractions, cfgs = [21, 22, 23], [0.2, 0.9, 0.5], [7.5, 15.0, 10.0]
     together = pairs(sharp_model, seeds, fractions, cfg=cfgs).images
     alone = torch.cat(
         [pairs(sharp_model, [s], [p], cfg=[c]).images for s, p, c in zip(seeds, fractions, cfgs, strict=True)]
     )
-    torch.testing.assert_close(together, alone, rtol=0, atol=BATCH_TOLERANCE)
+    # batch of 3 seeds against 3 calls, decoded images within one 8-bit level: the peaked attention amplifies the
+    # kernels' rounding; 7.3e-4 on an AVX-512 Xeon (issue 21, 1e-4 allowed then), 0 within each setting of an AVX2 EPYC
+    torch.testing.assert_close(together, alone, rtol=0, atol=IMAGE_LEVEL)
 
 
+@pytest.mark.numerics
 def test_the_fast_path_equals_explicit_attention_probabilities(sharp_model):
     fast = pairs(sharp_model, [8, 9], [0.9, 0.4]).images
     explicit = pairs(sharp_model, [8, 9], [0.9, 0.4], controller=ExplicitPaperP2P([0.9, 0.4])).images
-    torch.testing.assert_close(fast, explicit, rtol=0, atol=BATCH_TOLERANCE)  # measured 1.6e-5 after 3 steps
-    assert torch.equal(fast[:, 0], explicit[:, 0])  # prompt 0's rows run the same kernel in both
+    # copied queries and keys against explicit probabilities: decoded images within one 8-bit level (measured 2.3e-5)
+    torch.testing.assert_close(fast, explicit, rtol=0, atol=IMAGE_LEVEL)
+    assert torch.equal(fast[:, 0], explicit[:, 0])  # prompt 0's rows run the same kernel in both: exact
 
 
 def test_structure_shared_within_a_pair_grows_with_p(sharp_model):

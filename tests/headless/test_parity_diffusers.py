@@ -67,6 +67,7 @@ def _settings(sampler: str, **change) -> EditSettings:
     )
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
 def test_same_seed_gives_the_diffusers_pipelines_edit(tiny_model, sampler):
     images, settings = make_image(), _settings(sampler)
@@ -75,6 +76,7 @@ def test_same_seed_gives_the_diffusers_pipelines_edit(tiny_model, sampler):
     assert np.abs(theirs - images.permute(0, 2, 3, 1).numpy()).mean() > 0.01  # the pipeline did edit
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
 def test_a_batch_matches_the_pipeline_given_one_generator_per_image(tiny_model, sampler):
     # With a list, diffusers' randn_tensor draws each image's start from its own generator, and the

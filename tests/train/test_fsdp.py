@@ -20,8 +20,10 @@ from ip2p_train import checkpoints as ckpt
 
 BATCH = 2  # per process; the one-process run uses 2 x BATCH
 STEPS = 4
-LOSS_TOLERANCE = 1e-6  # relative
-WEIGHT_TOLERANCE = 1e-6  # absolute, on every exported UNet weight
+# One process against two (other batch shapes and reduction order), float32: at least 10x the worst measured within
+# any kernel setting (bench/kernel_spread.py: an AVX2 EPYC and an AVX-512 Xeon, every ATen x oneDNN level).
+LOSS_TOLERANCE = 2e-6  # relative; measured at most 1.4e-7 (1e-6 before)
+WEIGHT_TOLERANCE = 3e-6  # absolute, on every exported UNet weight; measured at most 2.7e-7 (1e-6 before: 3.7x)
 FSDP_CONFIG = resources.files("ip2p_train").joinpath("configs", "accelerate", "fsdp.yaml")  # the shipped one
 SHIM = Path(__file__).with_name("fsdp_on_cpu.py")
 EXPORTED_UNET = "export/diffusers/unet/diffusion_pytorch_model.safetensors"  # the EMA weights
@@ -66,11 +68,13 @@ def test_the_unet_is_sharded_and_its_checkpoint_is_written_in_parts(runs):
     assert (sharded / "validation" / f"step-{STEPS}.png").is_file()  # validation gathered whole weights
 
 
+@pytest.mark.numerics
 def test_the_sharded_run_resumed_logs_the_losses_of_one_process_at_twice_the_batch(runs, assert_same_losses):
     one, sharded, _ = runs
     assert_same_losses(one, sharded, STEPS, LOSS_TOLERANCE)
 
 
+@pytest.mark.numerics
 def test_the_sharded_ema_export_equals_the_one_process_export(runs, assert_same_trained_unet):
     one, sharded, _ = runs
     assert_same_trained_unet(one / EXPORTED_UNET, sharded / EXPORTED_UNET, WEIGHT_TOLERANCE)

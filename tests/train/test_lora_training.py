@@ -128,6 +128,7 @@ def test_a_lora_run_exports_one_adapter_in_comfyui_keys(lora_run):
     assert metadata["base_model_hash"] == trainer.model.model_hash
 
 
+@pytest.mark.numerics
 def test_a_resumed_lora_run_writes_the_uninterrupted_adapter(lora_run, lora_config, tmp_path):
     _, uninterrupted = lora_run
     out = tmp_path / "run"
@@ -174,6 +175,7 @@ def test_a_lora_checkpoint_missing_an_adapter_is_refused_on_resume(lora_config, 
         _run(lora_config(tmp_path / "run"), resume="latest")
 
 
+@pytest.mark.numerics
 def test_the_adapter_merged_by_ip2p_lora_merge_is_the_trained_model(lora_run, tmp_path):
     """The trainer's own merged view (what validation samples) equals the base plus the adapter file."""
     from ip2p_train.model import model_for_export, trained_state
@@ -198,6 +200,7 @@ def test_the_adapter_merged_by_ip2p_lora_merge_is_the_trained_model(lora_run, tm
 # --------------------------------------------------------------------------------------- the layers
 
 
+@pytest.mark.numerics
 def test_a_lora_conv_in_is_written_as_comfyui_expects_and_merges_to_the_same_output(tmp_path):
     from ip2p import lora as core
     from ip2p.headless.lora import original_names

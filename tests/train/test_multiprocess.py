@@ -26,8 +26,10 @@ from ip2p.errors import IP2PError
 
 BATCH = 2  # per process; the one-process run uses 2 x BATCH
 STEPS = 4
-LOSS_TOLERANCE = 1e-6  # relative; measured on a CPU: at most 1.3e-7 (step 1 bit-identical)
-WEIGHT_TOLERANCE = 1e-6  # absolute, on every UNet weight; measured on a CPU: at most 1.5e-7 (training moved 3e-3)
+# One process at 2B against two at B (other batch shapes and reduction order), float32: at least 10x the worst
+# measured within any kernel setting (bench/kernel_spread.py: an AVX2 EPYC and an AVX-512 Xeon, every ATen x oneDNN level).
+LOSS_TOLERANCE = 2e-6  # relative; measured at most 1.4e-7 (step 1 bit-identical); 1e-6 before
+WEIGHT_TOLERANCE = 3e-6  # absolute, on every UNet weight; measured at most 2.8e-7 (training moved 3e-3); 1e-6 before
 MULTI_GPU_CONFIG = resources.files("ip2p_train").joinpath("configs", "accelerate", "multi_gpu.yaml")  # the shipped one
 LAUNCH = [
     sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(MULTI_GPU_CONFIG), "--num_processes", "2",
@@ -86,6 +88,7 @@ def test_the_launch_runs_two_processes_in_one_group(runs):
     assert (step / ckpt.COMPLETE).is_file()
 
 
+@pytest.mark.numerics
 def test_two_processes_at_batch_b_log_the_losses_of_one_process_at_batch_2b(runs):
     one, two, _ = runs
     single, double = ckpt.read_metrics(one), ckpt.read_metrics(two)
@@ -95,6 +98,7 @@ def test_two_processes_at_batch_b_log_the_losses_of_one_process_at_batch_2b(runs
         assert b["samples"] == a["samples"]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("unet", UNETS, ids=["export-ema", "checkpoint"])
 def test_two_processes_at_batch_b_train_the_unet_of_one_process_at_batch_2b(runs, unet, assert_same_trained_unet):
     one, two, _ = runs

@@ -66,6 +66,7 @@ def test_the_exported_single_file_loads_as_an_instructpix2pix_model_and_edits(ru
     assert main(argv) == 0 and out.is_file()
 
 
+@pytest.mark.numerics
 def test_a_resumed_run_continues_the_uninterrupted_loss_curve(run_a, paper_dataset, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "toy", *tiny_overrides(paper_dataset, out, max_steps=2), "-q"]) == 0
