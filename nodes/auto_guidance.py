@@ -72,14 +72,11 @@ class IP2PAutoGuidance:
                 clip=None, positive=None, negative_conditioning=None):  # fmt: skip
         auto_cfg.check_floor(min_image_similarity)  # before the first edit
         _, _, cells = sweep_cells(text_cfg_values, image_cfg_values)
-        points, edits = [], []
-        for point, edited in scored_sweep(
+        points, edits = scored_sweep(
             model, vae, image, clip_scorer, instruction, input_caption, edited_caption, cells, seed=seed, steps=steps,
             sampler_name=sampler_name, scheduler=scheduler, resize=resize, max_side=max_side, clip=clip,
             positive=positive, negative_conditioning=negative_conditioning,
-        ):  # fmt: skip
-            points.append(point)
-            edits.append(edited)
+        )  # fmt: skip
         choice = auto_cfg.choose_guidance(points, min_image_similarity)
         chosen = next(k for k, point in enumerate(points) if point is choice.chosen)
         return edits[chosen], choice.chosen.text_cfg, choice.chosen.image_cfg, choice.table()

@@ -64,14 +64,11 @@ class IP2PTradeoffPlot:
                 text_cfg_values, image_cfg_values, sampler_name, scheduler, resize, max_side, clip=None, positive=None,
                 negative_conditioning=None):  # fmt: skip
         _, _, cells = sweep_cells(text_cfg_values, image_cfg_values)
-        points, edits = [], []
-        for point, edited in scored_sweep(
+        points, edits = scored_sweep(
             model, vae, image, clip_scorer, instruction, input_caption, edited_caption, cells, seed=seed, steps=steps,
             sampler_name=sampler_name, scheduler=scheduler, resize=resize, max_side=max_side, clip=clip,
             positive=positive, negative_conditioning=negative_conditioning,
-        ):  # fmt: skip
-            points.append(point)
-            edits.append(edited)
+        )  # fmt: skip
         figure = plot.tradeoff_plot(points, title=f"{instruction.strip()} ({image.shape[0]} image(s), seed {seed})")
         pixels = torch.from_numpy(np.asarray(figure, dtype=np.float32) / 255.0).unsqueeze(0)
         lines = [
@@ -84,14 +81,15 @@ class IP2PTradeoffPlot:
 
 def scored_sweep(model, vae, image, clip_scorer, instruction, input_caption, edited_caption, cells: list[Guidance], *,
                  seed, steps, sampler_name, scheduler, resize, max_side, clip, positive, negative_conditioning):  # fmt: skip
-    """(TradeoffPoint, BHWC edits) for each cell in turn: the batch edited at the cell's scales, each edit scored
-    against its input (at the working size) with CLIP, the point holding the means over the batch."""
+    """One TradeoffPoint and one BHWC edit batch per cell, in order: the batch edited at the cell's scales, each
+    edit scored against its input (at the working size) with CLIP, the point holding the means over the batch."""
     host.require_ip2p_model(model)
     typed_pairs(1, input_caption, instruction, edited_caption)  # the captions, checked as the filter checks them
     working = image_to_working_size(image, resize, max_side)[..., :3]
     latent = image_latent(vae, image, resize, max_side)
     positive, negative_cond = resolve_conditioning(clip, instruction, "", positive, negative_conditioning)
     captions0, captions1 = [input_caption] * image.shape[0], [edited_caption] * image.shape[0]
+    points, edits = [], []
     for guidance, edited in edit_each(
         model, vae, latent, positive, negative_cond, cells, seed=seed, steps=steps, sampler_name=sampler_name,
         scheduler=scheduler,
@@ -103,4 +101,6 @@ def scored_sweep(model, vae, image, clip_scorer, instruction, input_caption, edi
             directional=float(scores.sim_dir.mean()),
             image_similarity=float(scores.sim_image.mean()),
         )
-        yield point, edited
+        points.append(point)
+        edits.append(edited)
+    return points, edits
