@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -234,12 +233,13 @@ def _pixels(image, resolution: int) -> torch.Tensor:
 
 
 def _mask(extra: dict, resolution: int) -> torch.Tensor | None:
-    """An edit mask (a toy example's ``edit_mask`` array, a dataset's ``mask`` image), cropped as its images."""
-    value = extra.get("edit_mask", extra.get("mask"))
-    if value is None:
+    """The example's edit mask as ``ip2p eval`` reads it, cropped as its images."""
+    from ip2p.headless.evaluate import example_mask
+
+    mask = example_mask(extra)
+    if mask is None:
         return None
-    array = np.asarray(value.convert("L")) > 127 if hasattr(value, "convert") else np.asarray(value, dtype=bool)
-    return sizing.fit_crop(torch.from_numpy(array).float()[None, None], (resolution, resolution))[0, 0] > 0.5
+    return sizing.fit_crop(mask.float()[None, None], (resolution, resolution))[0, 0] > 0.5
 
 
 def held_out_examples(config: ValidationConfig, resolution: int, dataset: Sequence, columns=None) -> list[HeldOut]:

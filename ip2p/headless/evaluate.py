@@ -128,7 +128,7 @@ class _Example:
     wrong_instruction: str | None = None  # a toy example's baseline: another family's instruction, edited too
 
 
-def _mask(extra: dict) -> torch.Tensor | None:
+def example_mask(extra: dict) -> torch.Tensor | None:
     """The edit mask an example carries: a toy example's ``edit_mask`` array, or a dataset's ``mask`` image."""
     value = extra.get("edit_mask", extra.get("mask"))
     if value is None:
@@ -305,7 +305,7 @@ def _load(dataset: Sequence, index: int) -> _Example | _Unreadable:
             target=_pixels(target) if target is not None else None,
             input_caption=extra.get("input_caption") or None,
             output_caption=extra.get("output_caption") or None,
-            mask=_mask(extra),
+            mask=example_mask(extra),
             family=extra.get("family") if isinstance(extra.get("family"), str) else None,
         )
     except (IP2PError, OSError, ValueError) as exc:
